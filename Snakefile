@@ -1,0 +1,31 @@
+# interpflow: explain the latents of sparse dictionaries trained on language models, and score the explanations.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "rules/common.smk"
+include: "rules/models.smk"
+include: "rules/corpus.smk"
+include: "rules/activations.smk"
+include: "rules/dictionaries.smk"
+include: "rules/latents.smk"
+include: "rules/sampling.smk"
+include: "rules/explain.smk"
+include: "rules/score.smk"
+include: "rules/summary.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),

@@ -1,0 +1,16 @@
+rule tokenize_corpus:
+    input:
+        model="results/models/{model}/model.json",
+        code=code("corpus", "models"),
+    output:
+        "results/{corpus}/{model}/tokens.h5",
+    log:
+        "logs/{corpus}/{model}/tokens.log",
+    conda:
+        "../envs/interpflow.yaml"
+    resources:
+        mem_mb=4000,
+    params:
+        cfg=slice_of("corpora", "corpus"),
+    script:
+        "../workflow/scripts/tokenize_corpus.py"

@@ -1,0 +1,19 @@
+rule sample_examples:
+    input:
+        tokens="results/{corpus}/{model}/tokens.h5",
+        vocab="results/models/{model}/vocab.parquet",
+        latents="results/{corpus}/{model}/{hookpoint}/{dictionary}/latents",
+        code=code("sampling", "latents"),
+    output:
+        examples="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/examples/shard-{shard}.parquet",
+        latents="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/examples/latents-{shard}.parquet",
+    log:
+        "logs/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/examples/shard-{shard}.log",
+    conda:
+        "../envs/interpflow.yaml"
+    resources:
+        mem_mb=4000,
+    params:
+        cfg=slice_of("samplers", "sampler"),
+    script:
+        "../workflow/scripts/sample_examples.py"

@@ -1,0 +1,19 @@
+rule summarize:
+    input:
+        metrics=[r["metrics"] for r in scored_shards()],
+        explanations=[r["explanations"] for r in scored_shards()],
+        code=code("report"),
+    output:
+        table="results/summary/latents.parquet",
+        figure=report(
+            "results/summary/scores.png", category="Scores", caption="../workflow/report/scores.rst"
+        ),
+        html=report("results/summary/latents.html", category="Tables", caption="../workflow/report/table.rst"),
+    log:
+        "logs/summary.log",
+    conda:
+        "../envs/interpflow.yaml"
+    params:
+        records=scored_shards(),
+    script:
+        "../workflow/scripts/summarize.py"

@@ -1,0 +1,1 @@
+"""interpflow: explain and score the latents of sparse dictionaries."""

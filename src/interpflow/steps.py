@@ -1,0 +1,40 @@
+"""The one place where workflow steps configure logging, threads and stderr before calling the package."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+log = logging.getLogger("interpflow")
+
+
+@contextlib.contextmanager
+def logged(log_path: str | os.PathLike, threads: int | None = None) -> Iterator[None]:
+    """Send logging and stderr (tqdm bars, warnings) to a step's log file; log the traceback on failure."""
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    with open(log_path, "a", buffering=1) as stream, contextlib.redirect_stderr(stream):
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root = logging.getLogger()
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        start = time.perf_counter()
+        try:
+            yield
+        except Exception:
+            log.exception("step failed")
+            raise
+        finally:
+            log.info("step took %.1f s", time.perf_counter() - start)
+            root.removeHandler(handler)

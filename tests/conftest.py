@@ -1,0 +1,41 @@
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def smollm2_spec(tmp_path_factory) -> Path:
+    """SmolLM2-135M (from its PyPI package) converted once per session; returns its model.json."""
+    from interpflow.models import prepare_model
+
+    out = tmp_path_factory.mktemp("smollm2")
+    prepare_model({"source": "smollm2-135m-pypi"}, out / "model.json", out / "vocab.parquet")
+    return out / "model.json"
+
+
+@pytest.fixture(scope="session")
+def qwen_gguf(tmp_path_factory) -> Path:
+    """The default local explainer/judge GGUF, assembled once per session (or reused from a default run)."""
+    from interpflow.local_llm import assemble_local_model
+
+    done = REPO / "results/llm/qwen2.5-coder-1.5b-instruct.gguf"
+    if done.is_file():
+        return done
+    out = tmp_path_factory.mktemp("llm") / "qwen2.5-coder-1.5b-instruct.gguf"
+    return assemble_local_model("qwen2.5-coder-1.5b-instruct", out)
+
+
+def copy_workflow(dest: Path) -> Path:
+    """A copy of the workflow (Snakefile, rules, scripts, schemas, package sources) to run in isolation."""
+    for name in ["Snakefile", "rules", "workflow", "envs", "profiles", "src", "config"]:
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / name)
+    return dest

@@ -1,0 +1,67 @@
+import copy
+
+import pytest
+import yaml
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from conftest import REPO
+from interpflow.config import check_config, run_combinations
+
+SCHEMA = str(REPO / "workflow/schemas/config.schema.yaml")
+
+
+def load(name="config/config.yaml"):
+    config = yaml.safe_load((REPO / name).read_text())
+    validate(config, SCHEMA)
+    return config
+
+
+def test_shipped_configs_are_valid():
+    for name in ["config/config.yaml", "tests/data/tiny.yaml"]:
+        config = load(name)
+        check_config(config)
+    assert config["samplers"]["small"]["min_activating"] is None  # defaults are filled in
+    assert config["models"]["smollm2"]["dtype"] == "float32"
+
+
+def test_unknown_key_is_named():
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    config["samplers"]["default"]["n_trian"] = 5
+    with pytest.raises(WorkflowError, match="n_trian"):
+        validate(config, SCHEMA)
+
+
+def test_wrong_type_is_named():
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    config["dictionaries"]["topk-4k"]["width"] = "big"
+    with pytest.raises(WorkflowError, match="'big' is not of type 'integer'"):
+        validate(config, SCHEMA)
+
+
+def test_dangling_names_are_listed():
+    config = load()
+    config["runs"][0]["scorers"] = ["detection", "simulation"]
+    config["runs"][0]["model"] = "gpt-9"
+    with pytest.raises(ValueError) as err:
+        check_config(config)
+    assert "runs[0].model: 'gpt-9' is not defined under 'models'" in str(err.value)
+    assert "runs[0].scorers: 'simulation' is not defined under 'scorers'" in str(err.value)
+
+
+def test_source_specific_keys_are_required():
+    config = load()
+    config["corpora"]["mine"] = {"source": "jsonl", "path": None}
+    config["models"]["hub"] = {"source": "hf", "path": None}
+    with pytest.raises(ValueError, match=r"corpora.mine.path(.|\n)*models.hub.path"):
+        check_config(config)
+
+
+def test_run_combinations_expand_and_dedupe():
+    config = load()
+    run = copy.deepcopy(config["runs"][0])
+    run["hookpoints"] = ["resid_post.3", "resid_post.9"]
+    config["runs"] = [run, copy.deepcopy(run)]
+    combos = list(run_combinations(config))
+    assert len(combos) == 2 * 2  # 2 hookpoints x 2 scorers, the repeated run adds nothing
+    assert {c["hookpoint"] for c in combos} == {"resid_post.3", "resid_post.9"}

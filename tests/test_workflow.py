@@ -1,0 +1,150 @@
+"""The real workflow through snakemake on the tiny config: a full run, then dry-runs that prove each kind of
+config change reruns exactly the jobs it should."""
+
+import re
+import shutil
+import subprocess
+import sys
+
+import h5py
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO, copy_workflow
+
+pytestmark = pytest.mark.slow
+
+
+def snakemake(work, *args, check=True):
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", *args]
+    result = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+def planned_jobs(work, config: dict) -> list[tuple[str, str]]:
+    """(rule, output) of every job a dry-run with this config would run."""
+    path = work / "config/config.yaml"
+    original = path.read_text()
+    path.write_text(yaml.safe_dump(config))
+    try:
+        out = snakemake(work, "-n").stdout
+    finally:
+        path.write_text(original)
+    return re.findall(r"^rule (\w+):\n(?:.*\n)*?\s+output: ([^\n]+)", out, flags=re.M)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, qwen_gguf):
+    work = copy_workflow(tmp_path_factory.mktemp("workflow"))
+    config = yaml.safe_load((REPO / "tests/data/tiny.yaml").read_text())
+    for section in ("explainers", "scorers"):
+        for entry in config[section].values():
+            entry["llm"]["gguf"] = str(qwen_gguf)
+    (work / "config/config.yaml").write_text(yaml.safe_dump(config))
+    snakemake(work)
+    return work, config
+
+
+def test_full_run_produces_every_output(tiny):
+    work, _ = tiny
+    base = work / "results/wiki/smollm2/resid_post.3/topk-128"
+    with h5py.File(work / "results/wiki/smollm2/tokens.h5") as f:
+        assert f["tokens"].shape == (64, 64)
+    for shard in (0, 1):
+        with h5py.File(base / f"latents/shard-{shard}.h5") as f:
+            assert f.attrs["latent_start"] == 64 * shard and len(f["offsets"]) == 65
+    summary = pd.read_parquet(work / "results/summary/latents.parquet")
+    assert set(summary["scorer"]) == {"detection", "fuzzing"}
+    assert len(summary) == 2 * 4  # 2 scorers x (2 shards x 2 latents)
+    explanations = pd.concat(pd.read_parquet(p) for p in base.glob("small/qwen/explanations-*.parquet"))
+    assert len(explanations) == 4
+    # every latent ends with an explanation or an explicit status; scored latents have real metrics
+    assert explanations["status"].isin(["ok", "skipped", "parse_error", "llm_error"]).all()
+    ok = summary[summary["status"] == "ok"]
+    assert len(ok) > 0 and ok["balanced_accuracy"].between(0, 1).all() and (ok["n"] > 0).all()
+    predictions = pd.read_parquet(base / "small/qwen/detection/predictions-0.parquet")
+    assert {"latent", "example_id", "activating", "prediction", "p_yes"} <= set(predictions.columns)
+    assert (work / "results/summary/scores.png").stat().st_size > 1000
+    report = snakemake(work, "--report", "report.html")
+    assert report.returncode == 0 and (work / "report.html").stat().st_size > 10_000
+
+
+def test_nothing_changed_reruns_nothing(tiny):
+    work, config = tiny
+    assert planned_jobs(work, config) == []
+
+
+def rules_of(jobs):
+    return sorted({rule for rule, _ in jobs})
+
+
+def test_scorer_parameter_reruns_only_that_scorer(tiny):
+    work, config = tiny
+    changed = yaml.safe_load(yaml.safe_dump(config))
+    changed["scorers"]["fuzzing"]["examples_per_prompt"] = 2
+    jobs = planned_jobs(work, changed)
+    assert rules_of(jobs) == ["all", "score", "summarize"]
+    assert all("/fuzzing/" in out for rule, out in jobs if rule == "score")
+    assert len([j for j in jobs if j[0] == "score"]) == 2  # one per shard
+
+
+def test_explainer_change_reruns_explanations_scores_summary(tiny):
+    work, config = tiny
+    changed = yaml.safe_load(yaml.safe_dump(config))
+    changed["explainers"]["qwen"]["max_examples"] = 4
+    assert rules_of(planned_jobs(work, changed)) == ["all", "explain", "score", "summarize"]
+
+
+def test_new_layer_adds_only_its_chain(tiny):
+    work, config = tiny
+    changed = yaml.safe_load(yaml.safe_dump(config))
+    changed["runs"][0]["hookpoints"] = ["resid_post.3", "resid_post.5"]
+    jobs = planned_jobs(work, changed)
+    assert all("resid_post.5" in out for rule, out in jobs if rule not in ("all", "summarize"))
+    assert "cache_activations" in rules_of(jobs) and "prepare_model" not in rules_of(jobs)
+    assert "tokenize_corpus" not in rules_of(jobs)
+
+
+def test_changed_layer_reruns_that_chain_only(tiny):
+    work, config = tiny
+    changed = yaml.safe_load(yaml.safe_dump(config))
+    changed["runs"][0]["hookpoints"] = ["resid_post.4"]
+    jobs = planned_jobs(work, changed)
+    assert {rule for rule, out in jobs if "resid_post.4" not in out} <= {"all", "summarize"}
+    assert "tokenize_corpus" not in rules_of(jobs)
+
+
+def test_added_scorer_adds_only_its_jobs(tiny):
+    work, config = tiny
+    changed = yaml.safe_load(yaml.safe_dump(config))
+    changed["scorers"]["detection-3"] = dict(changed["scorers"]["detection"], examples_per_prompt=3)
+    changed["runs"][0]["scorers"].append("detection-3")
+    jobs = planned_jobs(work, changed)
+    assert rules_of(jobs) == ["all", "score", "summarize"]
+    assert all("/detection-3/" in out for rule, out in jobs if rule == "score")
+
+
+def test_bad_config_gives_one_clear_message(tiny):
+    work, config = tiny
+    path = work / "config/config.yaml"
+    original = path.read_text()
+    try:
+        bad = yaml.safe_load(original)
+        bad["samplers"]["small"]["n_trian"] = 3
+        path.write_text(yaml.safe_dump(bad))
+        result = snakemake(work, "-n", check=False)
+        assert result.returncode != 0
+        assert "n_trian" in result.stdout + result.stderr
+        bad = yaml.safe_load(original)
+        bad["runs"][0]["explainers"] = ["missing-explainer"]
+        path.write_text(yaml.safe_dump(bad))
+        result = snakemake(work, "-n", check=False)
+        assert "runs[0].explainers: 'missing-explainer' is not defined under 'explainers'" in (
+            result.stdout + result.stderr
+        )
+    finally:
+        path.write_text(original)
+    shutil.rmtree(work / ".snakemake/locks", ignore_errors=True)

@@ -1,0 +1,11 @@
+from interpflow.activations import cache_activations
+from interpflow.steps import logged
+
+with logged(snakemake.log[0], threads=snakemake.threads):
+    cache_activations(
+        snakemake.input.tokens,
+        snakemake.input.model,
+        snakemake.params.cfg,
+        [snakemake.wildcards.hookpoint],
+        [snakemake.output[0]],
+    )
