@@ -15,7 +15,7 @@ rule score:
     resources:
         mem_mb=6000,
     params:
-        cfg=slice_of("scorers", "scorer"),
+        cfg=lambda w: dict(config["scorers"][w.scorer], name=w.scorer),
         cache_dir=config["llm_cache"],
     script:
         "../workflow/scripts/score.py"

@@ -1,0 +1,204 @@
+"""Ask an LLM for a one-sentence explanation of each latent from its activating train examples."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+
+import numpy as np
+import pandas as pd
+
+from interpflow import prompts
+from interpflow.store import read_parquet, write_parquet
+
+log = logging.getLogger(__name__)
+
+MAX_EXPLANATION_CHARS = 300
+EXPLANATION_COLUMNS = {
+    "latent": "int64",
+    "explanation": "object",
+    "status": "object",
+    "error": "object",
+    "completion": "object",
+    "model": "object",
+    "prompt_tokens": "int64",
+    "completion_tokens": "int64",
+    "cost_usd": "float64",
+    "latency_s": "float64",
+    "cached": "bool",
+}
+
+# the marker may carry markdown around it: "**Explanation:**", "- `Explanation`:", "> Explanation -"
+_MARKER = re.compile(r"^[\s>*_#`\-•]*explanation[\s*_`]*[:\-–][\s*_]*(.*)$", re.IGNORECASE)
+_INLINE_MARKER = re.compile(r"explanation[\s*_`]*:", re.IGNORECASE)
+_THINK = re.compile(r"<think>.*?(</think>|$)", re.IGNORECASE | re.DOTALL)
+_REFUSAL = re.compile(
+    r"^(i\s*(cannot|can't|can not|am unable|'m unable|am not able|'m not able|won't)|sorry|"
+    r"as an ai|unable to|i do not know|i don't know|n/?a$|none$|unknown$)",
+    re.IGNORECASE,
+)
+_QUOTES = {'"': '"', "'": "'", "`": "`", "“": "”", "‘": "’", "«": "»"}
+
+
+def _unwrap(text: str) -> str:
+    """Strip whitespace, markdown emphasis and matching quote pairs around a sentence."""
+    while True:
+        text = text.strip().strip("*").strip()
+        if text.count("`") % 2:  # the closer of a code span around the marker: "`Explanation:` x"
+            text = text.strip("`").strip()
+        if len(text) >= 2 and _QUOTES.get(text[0]) == text[-1]:
+            text = text[1:-1]
+            continue
+        return text
+
+
+def parse_explanation(reply: str | None) -> tuple[str | None, str, str]:
+    """Extract the explanation from a reply: (explanation, "ok", "") or (None, "parse_error", reason)."""
+    if reply is None or not reply.strip():
+        return None, "parse_error", "empty reply"
+    text = _THINK.sub("", reply)  # reasoning models' scratchpads are not the answer
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        return None, "parse_error", "reply holds only a reasoning block"
+    found = None
+    for k, line in enumerate(lines):
+        m = _MARKER.match(line)
+        if m:
+            body = m.group(1)
+            if not body.strip("*_` \t") and k + 1 < len(lines):  # "Explanation:" then the sentence below
+                body = lines[k + 1]
+            found = body
+    if found is None:
+        if len(lines) != 1:
+            return None, "parse_error", f"no 'Explanation:' line in a reply of {len(lines)} lines"
+        found = lines[0]
+    # a repeated marker within the line: the last one wins, as across lines
+    found = _INLINE_MARKER.split(found)[-1]
+    explanation = _unwrap(found)
+    return _check_explanation(explanation)
+
+
+def _check_explanation(explanation: str) -> tuple[str | None, str, str]:
+    """Reject explanations that must not be scored (empty, too long, markup echo, refusal, placeholder)."""
+    if not explanation:
+        return None, "parse_error", "empty explanation"
+    if len(explanation) > MAX_EXPLANATION_CHARS:
+        return (
+            None,
+            "parse_error",
+            f"explanation too long ({len(explanation)} > {MAX_EXPLANATION_CHARS} chars)",
+        )
+    if prompts.MARK_OPEN in explanation or prompts.MARK_CLOSE in explanation:
+        return None, "parse_error", "explanation echoes the examples' << >> markup"
+    if re.fullmatch(r"<[^<>]*>", explanation):
+        return None, "parse_error", "explanation is the instruction's placeholder"
+    if _REFUSAL.match(explanation):
+        return None, "parse_error", "reply is a refusal or non-answer"
+    return explanation, "ok", ""
+
+
+def _select_examples(ex: pd.DataFrame, max_examples: int | None) -> pd.DataFrame:
+    """Activating train windows, strongest first, thinned evenly across strengths to `max_examples`."""
+    ex = ex[(ex["split"] == "train") & ex["activating"]].sort_values(
+        ["max_act", "example_id"], ascending=[False, True], kind="stable"
+    )
+    if max_examples is not None and len(ex) > max_examples:
+        # evenly spaced ranks keep the spread across activation quantiles (top-only is too specific)
+        ex = ex.iloc[np.unique(np.linspace(0, len(ex) - 1, max_examples).round().astype(int))]
+    return ex
+
+
+def _row(latent: int, model: str, **kw) -> dict:
+    """One explanations row with the defaults of a latent that made no LLM call."""
+    row = dict(
+        latent=int(latent),
+        explanation=None,
+        status="skipped",
+        error="",
+        completion=None,
+        model=model,
+        prompt_tokens=0,
+        completion_tokens=0,
+        cost_usd=0.0,
+        latency_s=0.0,
+        cached=False,
+    )
+    return row | kw
+
+
+def explain_latents(examples: pd.DataFrame, latents: pd.DataFrame, cfg: dict, client) -> pd.DataFrame:
+    """Explain every selected latent (one row per row of `latents`; skipped latents make no LLM call)."""
+    max_examples = cfg.get("max_examples")
+    if max_examples is not None and int(max_examples) < 1:
+        raise ValueError(f"explainer option max_examples must be >= 1, got {max_examples}")
+    show, cot = bool(cfg.get("show_activations", True)), bool(cfg.get("cot", False))
+    by_latent = dict(tuple(examples.groupby("latent", sort=False))) if len(examples) else {}
+    rows, requests, asked = {}, [], []
+    for lat, status, reason in latents[["latent", "status", "reason"]].itertuples(index=False):
+        if status != "ok":
+            rows[lat] = _row(lat, client.model, error=reason or f"latent status {status}")
+            continue
+        ex = _select_examples(by_latent.get(lat, examples.iloc[:0]), max_examples)
+        if ex.empty:
+            rows[lat] = _row(lat, client.model, error="no activating train examples")
+            continue
+        requests.append(
+            prompts.explainer_messages(
+                [list(t) for t in ex["token_strs"]], list(ex["acts"]), show_activations=show, cot=cot
+            )
+        )
+        asked.append(lat)
+    completions = client.complete_many(requests, desc="explain") if requests else []
+    for lat, c in zip(asked, completions, strict=True):
+        usage = dict(
+            completion=c.text,
+            prompt_tokens=int(c.prompt_tokens),
+            completion_tokens=int(c.completion_tokens),
+            cost_usd=c.cost_usd,
+            latency_s=float(c.latency_s),
+            cached=bool(c.cached),
+        )
+        if c.status != "ok":
+            rows[lat] = _row(lat, client.model, status="llm_error", error=c.error, **usage)
+        else:
+            expl, st, err = parse_explanation(c.text)
+            rows[lat] = _row(lat, client.model, explanation=expl, status=st, error=err, **usage)
+    out = pd.DataFrame([rows[lat] for lat in latents["latent"]], columns=list(EXPLANATION_COLUMNS))
+    return out.astype(EXPLANATION_COLUMNS)
+
+
+def run_explain(
+    examples_path: str | os.PathLike,
+    latents_path: str | os.PathLike,
+    cfg: dict,
+    out_path: str | os.PathLike,
+    *,
+    cache_dir: str | os.PathLike | None,
+    local_gguf: str | os.PathLike | None = None,
+    client=None,
+) -> None:
+    """Workflow step: explain a shard's latents from its examples; write explanations-{shard}.parquet."""
+    if client is None and "llm" not in cfg:
+        raise ValueError("explainer config needs an 'llm' section")
+    t0 = time.perf_counter()
+    examples, latents = read_parquet(examples_path), read_parquet(latents_path)
+    if client is None:
+        from interpflow.llm import LLMClient
+
+        with LLMClient.from_config(cfg["llm"], cache_dir=cache_dir, local_gguf=local_gguf) as owned:
+            out = explain_latents(examples, latents, cfg, owned)
+    else:
+        out = explain_latents(examples, latents, cfg, client)
+    write_parquet(out, out_path)
+    counts = out["status"].value_counts().to_dict()
+    log.info(
+        "explained %d latents %s; %d prompt + %d completion tokens; %.1f s -> %s",
+        len(out),
+        counts,
+        out["prompt_tokens"].sum(),
+        out["completion_tokens"].sum(),
+        time.perf_counter() - t0,
+        out_path,
+    )

@@ -1,0 +1,370 @@
+"""The one LLM boundary: every LLM call of interpflow goes through litellm here, cached and retried."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import random
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from interpflow.store import atomic_path
+
+log = logging.getLogger(__name__)
+
+LOCAL_PREFIX = "local/"
+MAX_BACKOFF_S = 60.0
+MAX_RETRY_AFTER_S = 300.0
+RETRYABLE_STATUS = {408, 409, 429}
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token and its most likely alternatives."""
+
+    token: str
+    """The generated token's text."""
+    logprob: float
+    top: dict[str, float]
+    """Alternatives' text -> logprob, including the chosen token."""
+
+
+@dataclass(frozen=True)
+class Completion:
+    """The outcome of one chat request; failures are a status, never an exception."""
+
+    text: str | None
+    """The reply; None unless status is "ok"."""
+    status: str
+    """"ok" or "error"."""
+    error: str
+    """"" when ok, else a short reason (API keys scrubbed)."""
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float | None
+    """litellm's price where known, 0.0 for local models, None if unknown."""
+    latency_s: float
+    cached: bool
+    """Served from the on-disk cache."""
+    logprobs: tuple[TokenLogprob, ...] | None
+    """Per generated token, when requested and offered by the provider."""
+
+
+def _litellm():
+    """Import litellm offline (its cost map otherwise comes from the internet) and quiet."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    litellm.suppress_debug_info = True  # it prints help banners to stdout on every error otherwise
+    return litellm
+
+
+def scrub(text: str) -> str:
+    """Replace the value of every *_API_KEY / *_TOKEN environment variable in `text` by ***."""
+    secrets = [v for k, v in os.environ.items() if k.upper().endswith(("_API_KEY", "_TOKEN")) and len(v) >= 4]
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def _error_text(exc: BaseException, limit: int = 500) -> str:
+    """A short, key-free reason for a failed request."""
+    text = scrub(f"{type(exc).__name__}: {exc}".strip())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    """Seconds the server asked us to wait (Retry-After), if the exception carries it."""
+    for headers in (getattr(exc, "headers", None), getattr(getattr(exc, "response", None), "headers", None)):
+        try:
+            value = headers.get("retry-after") if headers else None
+            if value is not None:
+                return min(MAX_RETRY_AFTER_S, max(0.0, float(value)))
+        except (AttributeError, TypeError, ValueError):  # an HTTP date or an odd header object: use backoff
+            continue
+    return None
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Rate limits, server errors, timeouts and connection errors are worth retrying; the rest is not."""
+    litellm = _litellm()
+    if isinstance(
+        exc, litellm.ContextWindowExceededError | litellm.AuthenticationError | litellm.BadRequestError
+    ):
+        return False
+    if isinstance(exc, litellm.Timeout | litellm.APIConnectionError | asyncio.TimeoutError | ConnectionError):
+        return True
+    status = getattr(exc, "status_code", None)
+    return isinstance(status, int) and (status in RETRYABLE_STATUS or status >= 500)
+
+
+def _rejects_logprobs(exc: BaseException) -> bool:
+    """True when the provider refused the request because of the logprobs parameters."""
+    litellm = _litellm()
+    return (
+        isinstance(exc, litellm.UnsupportedParamsError | litellm.BadRequestError)
+        and "logprob" in str(exc).lower()
+    )
+
+
+def _parse_logprobs(choice: Any) -> tuple[TokenLogprob, ...] | None:
+    """Read OpenAI-style `choice.logprobs.content` into TokenLogprobs (None if absent)."""
+    lp = getattr(choice, "logprobs", None)
+    content = lp.get("content") if isinstance(lp, dict) else getattr(lp, "content", None)
+    if not content:
+        return None
+    get = lambda o, k: o.get(k) if isinstance(o, dict) else getattr(o, k, None)  # noqa: E731
+    out = []
+    for entry in content:
+        token, logprob = get(entry, "token"), float(get(entry, "logprob"))
+        top: dict[str, float] = {}
+        for alt in get(entry, "top_logprobs") or []:
+            top.setdefault(get(alt, "token"), float(get(alt, "logprob")))  # first = likeliest on text clashes
+        top.setdefault(token, logprob)
+        out.append(TokenLogprob(token=token, logprob=logprob, top=top))
+    return tuple(out)
+
+
+def _completion_to_json(c: Completion) -> dict:
+    """A JSON-able record of a completion for the cache."""
+    return asdict(c) | {"logprobs": None if c.logprobs is None else [asdict(t) for t in c.logprobs]}
+
+
+def _completion_from_json(d: dict, latency_s: float) -> Completion:
+    """Rebuild a cached completion, marked cached, with the lookup's latency."""
+    lps = d["logprobs"]
+    lps = None if lps is None else tuple(TokenLogprob(t["token"], float(t["logprob"]), t["top"]) for t in lps)
+    fields = {k: d[k] for k in ("text", "status", "error", "prompt_tokens", "completion_tokens", "cost_usd")}
+    return Completion(**fields, latency_s=latency_s, cached=True, logprobs=lps)
+
+
+class LLMClient:
+    """An async chat client over litellm with a disk cache, retries and a concurrency bound."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        api_base: str | None = None,
+        temperature: float = 0.0,
+        max_tokens: int = 256,
+        max_concurrency: int = 4,
+        max_retries: int = 5,
+        timeout_s: float = 120.0,
+        logprobs: bool = False,
+        top_logprobs: int = 5,
+        cache_dir: str | Path | None = None,
+        local_gguf: str | Path | None = None,
+        n_ctx: int = 8192,
+        seed: int = 0,
+        extra: dict | None = None,
+        retry_base_s: float = 1.0,
+        n_threads: int | None = None,
+    ):
+        if max_concurrency < 1 or max_retries < 0 or max_tokens < 1:
+            raise ValueError("llm: max_concurrency and max_tokens must be >= 1, max_retries >= 0")
+        if model.startswith(LOCAL_PREFIX) and local_gguf is None:
+            raise ValueError(f"llm model {model!r} is local: pass local_gguf, the path of its GGUF file")
+        if local_gguf is not None and model.startswith(LOCAL_PREFIX) and not Path(local_gguf).is_file():
+            raise FileNotFoundError(f"local_gguf of {model!r} does not exist: {local_gguf}")
+        self.model, self.api_base = model, api_base
+        self.temperature, self.max_tokens, self.seed = temperature, max_tokens, seed
+        self.logprobs, self.top_logprobs = logprobs, top_logprobs
+        self.max_concurrency, self.max_retries = max_concurrency, max_retries
+        self.timeout_s, self.retry_base_s = timeout_s, retry_base_s
+        self.extra = dict(extra or {})
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        self.local_gguf, self.n_ctx, self.n_threads = local_gguf, n_ctx, n_threads
+        self.local_model = None  # the LocalChatModel, loaded on first uncached local call
+        self._load_lock = threading.Lock()
+        self._rng = random.Random(seed)  # backoff jitter only
+        self._sem: asyncio.Semaphore | None = None
+        self._sem_loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def from_config(cls, cfg: dict, *, cache_dir=None, local_gguf=None) -> LLMClient:
+        """Build a client from a config mapping whose keys are the constructor's keyword arguments."""
+        import inspect
+
+        known = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        if unknown := sorted(set(cfg) - known):
+            raise ValueError(f"llm config has unknown keys {unknown}; allowed: {sorted(known)}")
+        if "model" not in cfg:
+            raise ValueError("llm config needs a 'model' key")
+        given = {"cache_dir": cache_dir, "local_gguf": local_gguf}
+        return cls(**cfg | {k: v for k, v in given.items() if v is not None})
+
+    @property
+    def is_local(self) -> bool:
+        """Whether the model runs in-process (model string `local/<name>`)."""
+        return self.model.startswith(LOCAL_PREFIX)
+
+    def cache_key(self, messages: list[dict]) -> str:
+        """sha256 of everything that determines the reply (never the API key)."""
+        request = {
+            "model": self.model, "api_base": self.api_base, "messages": messages,
+            "temperature": self.temperature, "max_tokens": self.max_tokens, "seed": self.seed,
+            "logprobs": self.logprobs, "top_logprobs": self.top_logprobs if self.logprobs else None,
+            "extra": self.extra,
+        }  # fmt: skip
+        blob = json.dumps(request, sort_keys=True, ensure_ascii=False, default=str)
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+    def _cache_path(self, key: str) -> Path | None:
+        """Where the cache entry of `key` lives, or None without a cache."""
+        return None if self.cache_dir is None else self.cache_dir / key[:2] / f"{key}.json"
+
+    def _cache_get(self, key: str, start: float) -> Completion | None:
+        """The cached completion for `key`, or None (a corrupt entry counts as missing)."""
+        path = self._cache_path(key)
+        if path is None or not path.is_file():
+            return None
+        try:
+            return _completion_from_json(json.loads(path.read_text("utf-8")), time.perf_counter() - start)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring corrupt LLM cache entry %s: %s", path, exc)
+            return None
+
+    def _cache_put(self, key: str, completion: Completion) -> None:
+        """Store a successful completion atomically."""
+        path = self._cache_path(key)
+        if path is None or completion.status != "ok":
+            return
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(_completion_to_json(completion), ensure_ascii=False), "utf-8")
+
+    def _ensure_local(self) -> None:
+        """Load the local GGUF and register it with litellm, once."""
+        from interpflow.local_llm import register_local_model
+
+        with self._load_lock:
+            if self.local_model is None:
+                name = self.model[len(LOCAL_PREFIX) :]
+                gguf, n_ctx, n_threads = self.local_gguf, self.n_ctx, self.n_threads
+                self.local_model = register_local_model(name, gguf, n_ctx=n_ctx, n_threads=n_threads)
+
+    def _semaphore(self) -> asyncio.Semaphore:
+        """The concurrency bound of the running event loop (a semaphore is tied to one loop)."""
+        loop = asyncio.get_running_loop()
+        if self._sem is None or self._sem_loop is not loop:
+            self._sem, self._sem_loop = asyncio.Semaphore(self.max_concurrency), loop
+        return self._sem
+
+    def _request(self, messages: list[dict], logprobs: bool) -> dict:
+        """The litellm keyword arguments of one attempt."""
+        kwargs = dict(
+            model=self.model, messages=messages, temperature=self.temperature, max_tokens=self.max_tokens,
+            timeout=self.timeout_s, seed=self.seed, num_retries=0, max_retries=0, drop_params=True,
+        )  # fmt: skip
+        if self.api_base is not None:
+            kwargs["api_base"] = self.api_base
+        if logprobs:
+            kwargs |= {"logprobs": True, "top_logprobs": self.top_logprobs}
+        return kwargs | self.extra
+
+    async def _call(self, messages: list[dict]) -> Any:
+        """Call litellm with retries and backoff; raise the last error when they are used up."""
+        litellm = _litellm()
+        logprobs, attempt = self.logprobs, 0
+        while True:
+            try:
+                return await litellm.acompletion(**self._request(messages, logprobs))
+            except Exception as exc:
+                if logprobs and _rejects_logprobs(exc):  # the caller then gets no logprobs (no P(yes))
+                    log.warning("%s rejects logprobs; asking without them", self.model)
+                    logprobs = False
+                    continue
+                if attempt >= self.max_retries or not is_retryable(exc):
+                    raise
+                wait = _retry_after(exc)
+                if wait is None:
+                    wait = min(MAX_BACKOFF_S, self.retry_base_s * 2**attempt) * (0.5 + self._rng.random())
+                attempt += 1
+                log.info("retry %d/%d of %s in %.2fs: %s", attempt, self.max_retries, self.model, wait,
+                         _error_text(exc, 200))  # fmt: skip
+                await asyncio.sleep(wait)
+
+    def _cost(self, response: Any) -> float | None:
+        """litellm's price of a response; 0.0 for local models; None when unknown."""
+        if self.is_local:
+            return 0.0
+        try:
+            cost = _litellm().completion_cost(completion_response=response)
+        except Exception:  # unmapped models and self-hosted servers have no price
+            return None
+        return None if cost is None else float(cost)
+
+    def _to_completion(self, response: Any, latency_s: float) -> Completion:
+        """Turn a litellm ModelResponse into a Completion ("empty reply" is an error)."""
+        usage = getattr(response, "usage", None)
+        pt = int(getattr(usage, "prompt_tokens", 0) or 0)
+        ct = int(getattr(usage, "completion_tokens", 0) or 0)
+        choice = response.choices[0]
+        text = getattr(choice.message, "content", None)
+        ok = bool(text and text.strip())
+        return Completion(
+            text=text if ok else None, status="ok" if ok else "error", error="" if ok else "empty reply",
+            prompt_tokens=pt, completion_tokens=ct, cost_usd=self._cost(response), latency_s=latency_s,
+            cached=False, logprobs=_parse_logprobs(choice) if self.logprobs else None,
+        )  # fmt: skip
+
+    async def acomplete(self, messages: list[dict]) -> Completion:
+        """Answer one chat request; failures come back as status "error", never as an exception."""
+        start = time.perf_counter()
+        key = self.cache_key(messages)
+        if (hit := self._cache_get(key, start)) is not None:
+            return hit
+        async with self._semaphore():
+            start = time.perf_counter()  # latency of the call itself, not of waiting for a slot
+            try:
+                if self.is_local and self.local_model is None:
+                    await asyncio.to_thread(self._ensure_local)
+                response = await self._call(messages)
+                completion = self._to_completion(response, time.perf_counter() - start)
+            except Exception as exc:
+                log.warning("%s request failed: %s", self.model, _error_text(exc, 200))
+                latency = time.perf_counter() - start
+                return Completion(None, "error", _error_text(exc), 0, 0, None, latency, False, None)
+        self._cache_put(key, completion)
+        return completion
+
+    async def _gather(self, requests: list[list[dict]], desc: str) -> list[Completion]:
+        """Run all requests concurrently (bounded by the semaphore) with a progress bar; keep their order."""
+        from tqdm.auto import tqdm
+
+        with tqdm(total=len(requests), desc=desc, leave=False) as bar:
+
+            async def one(messages: list[dict]) -> Completion:
+                result = await self.acomplete(messages)
+                bar.update(1)
+                return result
+
+            return list(await asyncio.gather(*(one(m) for m in requests)))
+
+    def complete_many(self, requests: list[list[dict]], desc: str = "llm") -> list[Completion]:
+        """Answer many chat requests, in the same order; blocking (call it outside an event loop)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self._gather(requests, desc))
+        raise RuntimeError("complete_many blocks; inside an event loop await acomplete instead")
+
+    def close(self) -> None:
+        """Free the local model, if one was loaded."""
+        if self.local_model is not None:
+            from interpflow.local_llm import unregister_local_model
+
+            unregister_local_model(self.model[len(LOCAL_PREFIX) :])
+            self.local_model = None
+
+    def __enter__(self) -> LLMClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,86 @@
+"""Per-latent classification metrics of a judge's predictions (balanced accuracy, F1, AUROC)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+
+METRIC_COLUMNS = {
+    "latent": "int64",
+    "scorer": "object",
+    "status": "object",
+    "n": "int64",
+    "n_failed": "int64",
+    "balanced_accuracy": "float64",
+    "f1": "float64",
+    "precision": "float64",
+    "recall": "float64",
+    "auroc": "float64",
+    "prompt_tokens": "int64",
+    "completion_tokens": "int64",
+    "cost_usd": "float64",
+}
+_SCORES = ("balanced_accuracy", "f1", "precision", "recall", "auroc")
+_USAGE = ("prompt_tokens", "completion_tokens", "cost_usd")
+
+
+def binary_metrics(truth: np.ndarray, pred: np.ndarray, p_yes: np.ndarray | None = None) -> dict:
+    """Balanced accuracy, F1, precision, recall and AUROC (from p_yes, NaN if unusable) of 0/1 predictions."""
+    from sklearn.metrics import (
+        balanced_accuracy_score,
+        f1_score,
+        precision_score,
+        recall_score,
+        roc_auc_score,
+    )
+
+    truth, pred = np.asarray(truth, dtype=bool), np.asarray(pred, dtype=bool)
+    if truth.shape != pred.shape:
+        raise ValueError(f"truth has shape {truth.shape} but predictions {pred.shape}")
+    out = dict.fromkeys(_SCORES, float("nan")) | {"n": int(truth.size)}
+    if truth.size == 0:
+        return out
+    with warnings.catch_warnings():  # one class only: sklearn warns but the value is still defined
+        warnings.simplefilter("ignore")
+        out["balanced_accuracy"] = float(balanced_accuracy_score(truth, pred))
+    out["f1"] = float(f1_score(truth, pred, zero_division=0))
+    out["precision"] = float(precision_score(truth, pred, zero_division=0))
+    out["recall"] = float(recall_score(truth, pred, zero_division=0))
+    if p_yes is not None:
+        p = np.asarray(p_yes, dtype=np.float64)
+        if p.shape == truth.shape and np.isfinite(p).all() and 0 < truth.sum() < truth.size:
+            out["auroc"] = float(roc_auc_score(truth, p))
+    return out
+
+
+def _usage_per_latent(usage: pd.DataFrame | None, latents: pd.Index) -> pd.DataFrame:
+    """Prompt/completion tokens and cost summed per latent (cost NaN if any prompt's cost is unknown)."""
+    if usage is None or usage.empty:
+        return pd.DataFrame({"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": np.nan}, index=latents)
+    g = usage.groupby("latent")
+    out = g[["prompt_tokens", "completion_tokens"]].sum()
+    out["cost_usd"] = g["cost_usd"].agg(lambda s: s.sum() if s.notna().all() else np.nan)
+    out = out.reindex(latents)
+    return out.fillna({"prompt_tokens": 0, "completion_tokens": 0})
+
+
+def latent_metrics(predictions: pd.DataFrame, scorer: str, usage: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One metrics row per latent of `predictions`: metrics over its successful rows, failures counted.
+
+    `usage` has one row per prompt with `latent`, `prompt_tokens`, `completion_tokens`, `cost_usd`.
+    """
+    rows = []
+    for lat, g in predictions.groupby("latent", sort=True):
+        ok = (g["status"] == "ok").to_numpy()
+        truth = g["activating"].to_numpy(dtype=bool)[ok]
+        pred = g["prediction"].to_numpy(dtype=bool, na_value=False)[ok]
+        m = binary_metrics(truth, pred, g["p_yes"].to_numpy(dtype=np.float64)[ok])
+        # nothing scored: the latent carries its most common failure instead of "ok"
+        status = "ok" if ok.any() else str(g.loc[~ok, "status"].value_counts().index[0])
+        rows.append(dict(latent=int(lat), scorer=scorer, status=status, n_failed=int((~ok).sum()), **m))
+    out = pd.DataFrame(rows, columns=[c for c in METRIC_COLUMNS if c not in _USAGE])
+    cost = _usage_per_latent(usage, pd.Index(out["latent"], name="latent"))
+    out = out.join(cost, on="latent")
+    return out[list(METRIC_COLUMNS)].astype(METRIC_COLUMNS)
