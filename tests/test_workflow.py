@@ -86,7 +86,7 @@ def test_scorer_parameter_reruns_only_that_scorer(tiny):
     changed = yaml.safe_load(yaml.safe_dump(config))
     changed["scorers"]["fuzzing"]["examples_per_prompt"] = 2
     jobs = planned_jobs(work, changed)
-    assert rules_of(jobs) == ["all", "score", "summarize"]
+    assert rules_of(jobs) == ["score", "summarize"]
     assert all("/fuzzing/" in out for rule, out in jobs if rule == "score")
     assert len([j for j in jobs if j[0] == "score"]) == 2  # one per shard
 
@@ -95,7 +95,7 @@ def test_explainer_change_reruns_explanations_scores_summary(tiny):
     work, config = tiny
     changed = yaml.safe_load(yaml.safe_dump(config))
     changed["explainers"]["qwen"]["max_examples"] = 4
-    assert rules_of(planned_jobs(work, changed)) == ["all", "explain", "score", "summarize"]
+    assert rules_of(planned_jobs(work, changed)) == ["explain", "score", "summarize"]
 
 
 def test_new_layer_adds_only_its_chain(tiny):
@@ -123,7 +123,7 @@ def test_added_scorer_adds_only_its_jobs(tiny):
     changed["scorers"]["detection-3"] = dict(changed["scorers"]["detection"], examples_per_prompt=3)
     changed["runs"][0]["scorers"].append("detection-3")
     jobs = planned_jobs(work, changed)
-    assert rules_of(jobs) == ["all", "score", "summarize"]
+    assert rules_of(jobs) == ["score", "summarize"]
     assert all("/detection-3/" in out for rule, out in jobs if rule == "score")
 
 

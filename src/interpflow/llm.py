@@ -192,6 +192,9 @@ class LLMClient:
         """Build a client from a config mapping whose keys are the constructor's keyword arguments."""
         import inspect
 
+        cfg = dict(cfg)
+        gguf = cfg.pop("gguf", None)
+        local_gguf = local_gguf or gguf  # the workflow passes it as a rule input instead
         known = set(inspect.signature(cls.__init__).parameters) - {"self"}
         if unknown := sorted(set(cfg) - known):
             raise ValueError(f"llm config has unknown keys {unknown}; allowed: {sorted(known)}")

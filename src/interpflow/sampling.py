@@ -67,7 +67,8 @@ def _settings(cfg: dict, ctx_len: int) -> dict[str, int]:
         "n_quantiles": cfg.get("n_quantiles", 10),
         "seed": cfg.get("seed", 0),
     }
-    s["min_activating"] = cfg.get("min_activating", s["n_train"] + s["n_test"])
+    min_activating = cfg.get("min_activating")  # null in the config means the default
+    s["min_activating"] = s["n_train"] + s["n_test"] if min_activating is None else min_activating
     for key, value in s.items():
         if not isinstance(value, int) or value < 0:
             raise ValueError(f"sampler setting {key} must be a non-negative integer, got {value!r}")
