@@ -1,4 +1,5 @@
 import math
+import re
 
 from interpflow.config import check_config, run_combinations
 
@@ -34,8 +35,16 @@ def n_shards(dictionary):
     return math.ceil(config["dictionaries"][dictionary]["width"] / config["latent_store"]["shard_size"])
 
 
-def shards(w):
-    return range(n_shards(w.dictionary))
+def names_of(section, *kinds):
+    """A wildcard regex matching exactly the entries of a section with one of these kinds."""
+    names = [n for n, entry in config[section].items() if entry.get("kind", "llm") in kinds]
+    return "|".join(re.escape(n) for n in names) or "(?!)"
+
+
+def scorer_model(w):
+    """The prepared model a surprisal or intervention scorer reads text with: its own, or the subject."""
+    name = config["scorers"][w.scorer].get("scorer_model") or w.model
+    return f"results/models/{name}/model.json"
 
 
 def llm_gguf(llm):
@@ -62,4 +71,4 @@ def scored_shards():
 
 
 def all_targets():
-    return ["results/summary/latents.parquet", "results/summary/scores.png", "results/summary/latents.html"]
+    return rules.summarize.output

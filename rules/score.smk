@@ -1,14 +1,17 @@
+# Judge scorers: an LLM labels test examples (detection, fuzzing) or predicts their activations (simulation).
 rule score:
     input:
         examples="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/examples/shard-{shard}.parquet",
         explanations="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/explanations-{shard}.parquet",
         gguf=lambda w: llm_gguf(config["scorers"][w.scorer]["llm"]),
-        code=code("scorers", "metrics", "prompts", "llm", "local_llm"),
+        code=code("scorers", "simulation", "metrics", "prompts", "llm", "local_llm", "sampling"),
     output:
         predictions="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/{scorer}/predictions-{shard}.parquet",
         metrics="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/{scorer}/metrics-{shard}.parquet",
     log:
         "logs/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/{scorer}/score-{shard}.log",
+    wildcard_constraints:
+        scorer=names_of("scorers", "detection", "fuzzing", "simulation"),
     conda:
         "../envs/interpflow.yaml"
     threads: 2
@@ -19,3 +22,79 @@ rule score:
         cache_dir=config["llm_cache"],
     script:
         "../workflow/scripts/score.py"
+
+
+rule score_embedding:
+    input:
+        examples="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/examples/shard-{shard}.parquet",
+        explanations="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/explanations-{shard}.parquet",
+        code=code("embedding", "metrics", "sampling"),
+    output:
+        predictions="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/{scorer}/predictions-{shard}.parquet",
+        metrics="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/{scorer}/metrics-{shard}.parquet",
+    log:
+        "logs/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/{scorer}/score-{shard}.log",
+    wildcard_constraints:
+        scorer=names_of("scorers", "embedding"),
+    conda:
+        "../envs/interpflow.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+    params:
+        cfg=lambda w: dict(config["scorers"][w.scorer], name=w.scorer),
+    script:
+        "../workflow/scripts/score_embedding.py"
+
+
+rule score_surprisal:
+    input:
+        examples="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/examples/shard-{shard}.parquet",
+        explanations="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/explanations-{shard}.parquet",
+        scorer_model=scorer_model,
+        code=code("surprisal", "models", "metrics", "sampling"),
+    output:
+        predictions="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/{scorer}/predictions-{shard}.parquet",
+        metrics="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/{scorer}/metrics-{shard}.parquet",
+    log:
+        "logs/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/{scorer}/score-{shard}.log",
+    wildcard_constraints:
+        scorer=names_of("scorers", "surprisal"),
+    conda:
+        "../envs/interpflow.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+    params:
+        cfg=lambda w: dict(config["scorers"][w.scorer], name=w.scorer),
+        model_cfg=lambda w: config["models"][config["scorers"][w.scorer].get("scorer_model") or w.model],
+    script:
+        "../workflow/scripts/score_surprisal.py"
+
+
+# Steer the subject model along the latent's decoder direction and ask whether the explanation predicts the
+# change in what it writes (finds output features that context-based scorers miss).
+rule score_intervention:
+    input:
+        explanations="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/explanations-{shard}.parquet",
+        sae="results/{corpus}/{model}/{hookpoint}/{dictionary}/sae/cfg.json",
+        subject="results/models/{model}/model.json",
+        scorer_model=scorer_model,
+        code=code("intervention", "sae", "activations", "models", "metrics"),
+    output:
+        predictions="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/{scorer}/predictions-{shard}.parquet",
+        metrics="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/{scorer}/metrics-{shard}.parquet",
+    log:
+        "logs/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/{scorer}/score-{shard}.log",
+    wildcard_constraints:
+        scorer=names_of("scorers", "intervention"),
+    conda:
+        "../envs/interpflow.yaml"
+    threads: 1  # many tiny forward passes: a second thread only adds hand-offs
+    resources:
+        mem_mb=8000,
+    params:
+        cfg=lambda w: dict(config["scorers"][w.scorer], name=w.scorer),
+        model_cfg=lambda w: config["models"][w.model],
+    script:
+        "../workflow/scripts/score_intervention.py"

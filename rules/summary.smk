@@ -5,10 +5,14 @@ rule summarize:
         code=code("report"),
     output:
         table="results/summary/latents.parquet",
-        figure=report(
-            "results/summary/scores.png", category="Scores", caption="../workflow/report/scores.rst"
+        aggregates="results/summary/aggregates.parquet",
+        correlations="results/summary/correlations.parquet",
+        costs="results/summary/costs.parquet",
+        figure=report("results/summary/scores.png", category="Scores", caption="../workflow/report/scores.rst"),
+        heatmap=report(
+            "results/summary/correlations.png", category="Scores", caption="../workflow/report/correlations.rst"
         ),
-        html=report("results/summary/latents.html", category="Tables", caption="../workflow/report/table.rst"),
+        html=report("results/summary/summary.html", category="Tables", caption="../workflow/report/table.rst"),
     log:
         "logs/summary.log",
     conda:

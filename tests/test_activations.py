@@ -40,11 +40,16 @@ def test_cache_streams_batches_to_hdf5(tmp_path, smollm2, smollm2_spec):
     with h5py.File(tmp_path / "tokens.h5", "w") as f:
         f["tokens"] = tokens
     paths = [tmp_path / "a3.h5", tmp_path / "a1.h5"]
-    cache_activations(tmp_path / "tokens.h5", smollm2_spec, {"batch_size": 2, "device": "cpu"},
-                      ["resid_post.3", "resid_post.1"], paths)
+    cache_activations(
+        tmp_path / "tokens.h5",
+        smollm2_spec,
+        {"batch_size": 2, "device": "cpu"},
+        ["resid_post.3", "resid_post.1"],
+        paths,
+    )
     with torch.no_grad():
         full = model(torch.from_numpy(tokens.astype(np.int64)), output_hidden_states=True).hidden_states
-    for path, layer in zip(paths, [3, 1]):
+    for path, layer in zip(paths, [3, 1], strict=True):
         with h5py.File(path) as f:
             acts = f["activations"][:]
             assert f.attrs["n_seq"] == 5 and f.attrs["ctx_len"] == 8 and f.attrs["d_model"] == 576

@@ -2,10 +2,10 @@ import copy
 
 import pytest
 import yaml
+from conftest import REPO
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from conftest import REPO
 from interpflow.config import check_config, run_combinations
 
 SCHEMA = str(REPO / "workflow/schemas/config.schema.yaml")
@@ -41,12 +41,12 @@ def test_wrong_type_is_named():
 
 def test_dangling_names_are_listed():
     config = load()
-    config["runs"][0]["scorers"] = ["detection", "simulation"]
+    config["runs"][0]["scorers"] = ["detection", "simulate"]
     config["runs"][0]["model"] = "gpt-9"
     with pytest.raises(ValueError) as err:
         check_config(config)
     assert "runs[0].model: 'gpt-9' is not defined under 'models'" in str(err.value)
-    assert "runs[0].scorers: 'simulation' is not defined under 'scorers'" in str(err.value)
+    assert "runs[0].scorers: 'simulate' is not defined under 'scorers'" in str(err.value)
 
 
 def test_source_specific_keys_are_required():
@@ -63,5 +63,18 @@ def test_run_combinations_expand_and_dedupe():
     run["hookpoints"] = ["resid_post.3", "resid_post.9"]
     config["runs"] = [run, copy.deepcopy(run)]
     combos = list(run_combinations(config))
-    assert len(combos) == 2 * 2  # 2 hookpoints x 2 scorers, the repeated run adds nothing
+    assert len(combos) == 2 * 6  # 2 hookpoints x 6 scorers, the repeated run adds nothing
     assert {c["hookpoint"] for c in combos} == {"resid_post.3", "resid_post.9"}
+
+
+def test_kind_specific_requirements_are_named():
+    config = load()
+    del config["scorers"]["detection"]["llm"]
+    config["explainers"]["random"]["source"] = "top-tokens"
+    config["scorers"]["surprisal"]["scorer_model"] = "llama-8b"
+    with pytest.raises(ValueError) as err:
+        check_config(config)
+    message = str(err.value)
+    assert "scorers.detection.llm: required for kind 'detection'" in message
+    assert "explainers.random.source: must name an LLM explainer, got 'top-tokens'" in message
+    assert "scorers.surprisal.scorer_model: 'llama-8b' is not defined under 'models'" in message

@@ -53,8 +53,14 @@ def test_build_tokens_roundtrip(tmp_path, smollm2_spec):
     from interpflow.models import load_tokenizer
 
     (tmp_path / "c.txt").write_text("\n\n".join(["The cat sat on the mat."] * 40))
-    cfg = {"source": "text", "path": str(tmp_path / "c.txt"), "text_field": "text", "n_sequences": 5,
-           "ctx_len": 16, "seed": 0}
+    cfg = {
+        "source": "text",
+        "path": str(tmp_path / "c.txt"),
+        "text_field": "text",
+        "n_sequences": 5,
+        "ctx_len": 16,
+        "seed": 0,
+    }
     build_tokens(cfg, smollm2_spec, tmp_path / "tokens.h5")
     tok = load_tokenizer(smollm2_spec)
     with h5py.File(tmp_path / "tokens.h5") as f:
@@ -67,8 +73,14 @@ def test_build_tokens_roundtrip(tmp_path, smollm2_spec):
 
 def test_empty_corpus_is_a_clear_error(tmp_path, smollm2_spec):
     (tmp_path / "c.txt").write_text("too short")
-    cfg = {"source": "text", "path": str(tmp_path / "c.txt"), "text_field": "text", "n_sequences": 5,
-           "ctx_len": 256, "seed": 0}
+    cfg = {
+        "source": "text",
+        "path": str(tmp_path / "c.txt"),
+        "text_field": "text",
+        "n_sequences": 5,
+        "ctx_len": 256,
+        "seed": 0,
+    }
     with pytest.raises(ValueError, match="fewer tokens than one context"):
         build_tokens(cfg, smollm2_spec, tmp_path / "tokens.h5")
     assert not (tmp_path / "tokens.h5").exists()

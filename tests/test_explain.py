@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from interpflow import prompts
 from interpflow.explain import EXPLANATION_COLUMNS, explain_latents, parse_explanation, run_explain
 from interpflow.store import read_parquet, write_parquet
 
@@ -177,6 +178,33 @@ def test_explain_latents_rejects_bad_option():
     examples, latents = _tiny_shard()
     with pytest.raises(ValueError, match="max_examples"):
         explain_latents(examples, latents, {"max_examples": 0}, ScriptedClient([]))
+    with pytest.raises(ValueError, match="prompt"):
+        explain_latents(examples, latents, {"prompt": "socratic"}, ScriptedClient([]))
+
+
+@pytest.mark.parametrize("cot", [False, True])
+def test_contrastive_prompt_and_fallback(caplog, cot):
+    examples, latents = _tiny_shard()
+    extra = _window(1, 11, "train", False, ["a", " OTHER", " b"], [0, 0, 0])
+    examples = pd.concat([examples, pd.DataFrame([extra])], ignore_index=True)
+    client = ScriptedClient([FakeCompletion(f"Explanation: e{k}.") for k in range(4)])
+    with caplog.at_level("WARNING"):
+        out = explain_latents(
+            examples, latents, {"prompt": "contrastive", "cot": cot, "max_examples": 3}, client
+        )
+    assert out["status"].tolist() == ["ok"] * 4 + ["skipped"]
+    system, user = (m["content"] for m in client.calls[0][0])
+    assert system == prompts.explainer_system(contrastive=True, cot=cot)
+    assert ("reason briefly" in system) == cot
+    # latent 1's two non-activating train windows are shown unmarked after its activating ones
+    assert user.endswith("Counterexample 1: a NEG b\n\nCounterexample 2: a OTHER b")
+    assert user.count("Example ") == 3 and "<<NEG>>" not in user and "TEST" not in user
+    # latents 2-4 have no non-activating train windows: the default prompt, and one warning naming them
+    for request in client.calls[0][1:]:
+        assert request[0]["content"] == prompts.explainer_system(cot=cot)
+        assert "Counterexample" not in request[1]["content"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "3 latents" in warnings[0] and "[2, 3, 4]" in warnings[0]
 
 
 def test_run_explain_round_trip(tmp_path):

@@ -30,6 +30,9 @@ def test_missing_gguf_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.gguf"):
         locate_gguf({"source": "gguf", "path": str(tmp_path / "missing.gguf")}, tmp_path)
     with pytest.raises(FileNotFoundError, match="no/such/model"):
-        prepare_model({"source": "hf", "path": str(tmp_path / "no/such/model")}, tmp_path / "m.json",
-                      tmp_path / "v.parquet")
+        prepare_model(
+            {"source": "hf", "path": str(tmp_path / "no/such/model")},
+            tmp_path / "m.json",
+            tmp_path / "v.parquet",
+        )
     assert not (tmp_path / "m.json").exists()

@@ -79,3 +79,29 @@ def test_judge_messages():
     assert "<<" in prompts.judge_system("fuzzing") and "<<" not in prompts.judge_system("detection")
     with pytest.raises(ValueError, match="unknown scorer kind"):
         prompts.judge_system("simulation")
+
+
+def test_contrastive_explainer_hand_written():
+    tokens, acts = [["The", " cat", " sat"]], [np.array([0, 4, 0.0])]
+    negatives = [["A", " dog", "\n"], ["x"]]
+    msgs = prompts.explainer_messages(tokens, acts, negative_strs=negatives)
+    assert msgs[1]["content"] == (
+        "Excerpts:\n\n"
+        "Example 1: The <<cat>> sat\n"
+        'Activations: "cat" 10\n\n'
+        "Counterexamples (the latent is not active anywhere in these):\n\n"
+        "Counterexample 1: A dog\\n\n\n"
+        "Counterexample 2: x"
+    )
+    system = msgs[0]["content"]
+    assert "it should fit the marked tokens of the excerpts and fit nothing in the counterexamples." in system
+    assert system.index("activation strength") < system.index("counterexamples") < system.index("Your task")
+    assert system == prompts.explainer_system(contrastive=True)
+    # the default prompt is unchanged by the contrastive option
+    default = prompts.explainer_messages(tokens, acts)
+    assert "counterexample" not in default[0]["content"].lower() and "Counter" not in default[1]["content"]
+    cot = prompts.explainer_system(contrastive=True, cot=True)
+    assert "counterexamples" in cot and cot.rstrip().endswith("Explanation: <your sentence>")
+    assert "reason briefly" in cot
+    with pytest.raises(ValueError, match="non-activating"):
+        prompts.explainer_user(tokens, acts, negative_strs=[])

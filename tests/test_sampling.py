@@ -11,7 +11,15 @@ import pytest
 import torch
 
 from interpflow.latents import LatentShard, encode_to_shards, read_shard
-from interpflow.sampling import run_sampling, sample_examples, select_latents
+from interpflow.sampling import (
+    NEGATIVES,
+    run_sampling,
+    sample_examples,
+    select_latents,
+    select_test_examples,
+    shard_files,
+    window_incidence,
+)
 
 N_SEQ, CTX, L, VOCAB = 100, 64, 8, 50
 N_WINDOWS = N_SEQ * CTX // L
@@ -106,8 +114,9 @@ def test_rows_carry_true_tokens_and_activations(world, sampled):
     examples, _ = sampled
     assert list(examples.columns) == [
         "latent", "example_id", "split", "activating", "seq", "start",
-        "tokens", "token_strs", "acts", "max_act", "quantile",
+        "tokens", "token_strs", "acts", "max_act", "quantile", "negative",
     ]  # fmt: skip
+    assert (examples.negative == np.where(examples.activating, "", "random")).all()
     for row in examples.itertuples():
         truth = window_truth(dense[row.latent], row.seq, row.start)
         np.testing.assert_array_equal(row.acts, truth)
@@ -229,3 +238,193 @@ def test_run_sampling_end_to_end(tmp_path, world, sampled):
     for col in ("tokens", "token_strs", "acts"):
         assert all(np.array_equal(a, b) for a, b in zip(got[col], want[col], strict=True))
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "lat.parquet"), want_latents)
+
+
+def test_train_nonactivating_windows_are_disjoint(world, sampled):
+    tokens, vocab, dense, shard = world
+    examples, _ = sample_examples(tokens, vocab, shard, CFG | {"n_train_nonactivating": 12})
+    for latent in (10, 13, 14):
+        ex = examples[examples.latent == latent]
+        neg = ex[(ex.split == "train") & ~ex.activating]
+        # latent 14 is silent in only 5 windows, all taken by the test set
+        assert len(neg) == (0 if latent == 14 else 12)
+        assert (neg.negative == "random").all() and (neg["quantile"] == -1).all()
+        assert all(
+            not window_truth(dense[latent], s, st).any() for s, st in zip(neg.seq, neg.start, strict=True)
+        )
+        windows = list(zip(ex.seq, ex.start, strict=True))
+        assert len(set(windows)) == len(windows)  # disjoint from test negatives and all activating windows
+        # the other windows are the ones drawn without the option
+        before = sampled[0][sampled[0].latent == latent]
+        rest = ex[~((ex.split == "train") & ~ex.activating)]
+        assert (
+            rest[["seq", "start", "split"]].values.tolist()
+            == before[["seq", "start", "split"]].values.tolist()
+        )
+
+
+# planted world for hard negatives: 20 sequences of 32 tokens, 8-token windows (80), latents 0-5 in 2 shards
+H_SEQ, H_CTX, H_L = 20, 32, 8
+H_WIN = H_SEQ * H_CTX // H_L
+A_WINDOWS = np.arange(0, 60, 2)  # latent 1 ("A") fires in 30 windows
+B_ONLY = np.array([1, 3, 5, 7, 9, 11, 13, 15, 17, 19])  # latent 4 ("B") fires in A's windows and these
+LEX_ONLY = np.array([61, 63, 65, 67, 69, 71, 73, 75, 77, 79])  # token 7 occurs here, latent 1 silent
+H_CFG = {"example_ctx_len": H_L, "n_train": 5, "n_test": 5, "n_nonactivating": 0, "n_quantiles": 2, "seed": 0}
+
+
+def _on(windows: np.ndarray, column: int = 3) -> np.ndarray:
+    """Dense activations [n_tokens] of 1.0 at one column of each given window."""
+    act = np.zeros((H_WIN, H_L), np.float16)
+    act[windows, column] = 1.0
+    return act.ravel()
+
+
+def _write_shard(path, dense: list[np.ndarray], start: int) -> None:
+    pos = [np.flatnonzero(d).astype(np.uint32) for d in dense]
+    with h5py.File(path, "w") as f:
+        f["offsets"] = np.concatenate([[0], np.cumsum([p.size for p in pos])]).astype(np.int64)
+        f["positions"] = np.concatenate(pos)
+        f["values"] = np.concatenate([d[p] for d, p in zip(dense, pos, strict=True)]).astype(np.float16)
+        f.attrs.update(
+            latent_start=start, latent_end=start + len(dense), n_seq=H_SEQ, ctx_len=H_CTX, n_tokens=0
+        )
+
+
+@pytest.fixture(scope="module")
+def hard_world(tmp_path_factory):
+    """Token 7 at column 3 of A's windows and of LEX_ONLY, token 8 at columns 5-6; latent 0 fires widely."""
+    rng = np.random.default_rng(1)
+    tokens = rng.integers(8, 20, (H_WIN, H_L)).astype(np.int32)
+    tokens[np.concatenate([A_WINDOWS, LEX_ONLY]), 3] = 7
+    tokens[A_WINDOWS, 5:7] = 8  # A's most frequent active token, but with little activation
+    tokens = tokens.reshape(H_SEQ, H_CTX)
+    dense_a = _on(A_WINDOWS) * np.float16(5) + (_on(A_WINDOWS, 5) + _on(A_WINDOWS, 6)) * np.float16(0.5)
+    dense = [
+        _on(np.setdiff1d(np.arange(H_WIN), [1, 3, 61])),  # 0: dense, in all 30 of A's windows like B
+        dense_a,
+        _on(rng.choice(H_WIN, 8, replace=False)),
+        _on(np.array([0, 2, 4])),
+        _on(np.concatenate([A_WINDOWS, B_ONLY])),  # 4: "B", Jaccard 30 / 40 with A
+        np.zeros(H_WIN * H_L, np.float16),
+    ]
+    folder = tmp_path_factory.mktemp("latents")
+    _write_shard(folder / "shard-0.h5", dense[:3], 0)
+    _write_shard(folder / "shard-1.h5", dense[3:], 3)
+    return tokens, np.array([f"t{i}" for i in range(20)], dtype=object), dense, folder
+
+
+def _hard(examples: pd.DataFrame, latent: int = 1) -> np.ndarray:
+    ex = examples[(examples.latent == latent) & (examples.negative == "hard")]
+    assert (ex.split == "test").all() and (~ex.activating).all() and (ex["quantile"] == -1).all()
+    assert all(not np.any(a) for a in ex.acts)  # the latent is zero everywhere in them
+    return np.sort(ex.seq.to_numpy() * (H_CTX // H_L) + ex.start.to_numpy() // H_L)
+
+
+def test_window_incidence_matches_dense(hard_world):
+    _, _, dense, folder = hard_world
+    inc = window_incidence(shard_files(folder), H_L)
+    truth = np.stack([d.reshape(H_WIN, H_L).any(axis=1) for d in dense], axis=1)
+    assert inc.shape == (H_WIN, 6) and inc.dtype == bool
+    np.testing.assert_array_equal(inc.toarray(), truth)
+    with pytest.raises(ValueError, match="expected 0"):
+        window_incidence([folder / "shard-1.h5"], H_L)
+
+
+def test_cooccurrence_hard_negatives_planted(hard_world):
+    tokens, vocab, _, folder = hard_world
+    shard, inc = read_shard(folder / "shard-0.h5"), window_incidence(shard_files(folder), H_L)
+    # top_k=1: B (Jaccard 30 / 40) beats the dense latent 0 (30 / 77); raw counts tie and would pick 0
+    cfg = H_CFG | {"hard_negatives": {"method": "cooccurrence", "n": 10, "top_k": 1}}
+    examples, _ = sample_examples(tokens, vocab, shard, cfg, [1], incidence=inc)
+    assert _hard(examples).tolist() == B_ONLY.tolist()
+    # top_k=2 adds latent 0: windows where only it fires rank below B's, so they fill the rest
+    cfg = H_CFG | {"hard_negatives": {"method": "cooccurrence", "n": 14, "top_k": 2}}
+    hard = _hard(sample_examples(tokens, vocab, shard, cfg, [1], incidence=inc)[0])
+    assert set(B_ONLY) < set(hard) and len(hard) == 14 and not set(hard) & set(A_WINDOWS) and 61 not in hard
+    with pytest.raises(ValueError, match="incidence"):
+        sample_examples(tokens, vocab, shard, cfg, [1])
+
+
+def test_lexical_hard_negatives_planted(hard_world):
+    tokens, vocab, _, folder = hard_world
+    cfg = H_CFG | {"n_nonactivating": 10, "hard_negatives": {"method": "lexical", "top_k": 1}}
+    examples, _ = sample_examples(tokens, vocab, read_shard(folder / "shard-0.h5"), cfg, [1])
+    ex = examples[examples.latent == 1]
+    assert _hard(examples).tolist() == [
+        w for w in LEX_ONLY if w not in set(_windows(ex[ex.negative == "random"]))
+    ]
+    assert len(ex[ex.negative == "random"]) == 10  # hard.n defaults to n_nonactivating: up to 10 hard ones
+    assert (ex.negative[ex.activating] == "").all() and set(ex.negative) == {"", "random", "hard"}
+    windows = _windows(ex)
+    assert len(set(windows)) == len(windows)
+
+
+def _windows(ex: pd.DataFrame) -> list[int]:
+    return (ex.seq * (H_CTX // H_L) + ex.start // H_L).tolist()
+
+
+def test_hard_negatives_settings(world):
+    tokens, vocab, _, shard = world
+    with pytest.raises(ValueError, match="hard_negatives.method"):
+        sample_examples(tokens, vocab, shard, CFG | {"hard_negatives": {"method": "semantic"}})
+    with pytest.raises(ValueError, match="hard_negatives.top_k"):
+        sample_examples(tokens, vocab, shard, CFG | {"hard_negatives": {"method": "lexical", "top_k": 0}})
+
+
+def test_run_sampling_cooccurrence(tmp_path, hard_world):
+    tokens, vocab, _, folder = hard_world
+    with h5py.File(tmp_path / "tokens.h5", "w") as f:
+        f.create_dataset("tokens", data=tokens)
+    pd.DataFrame({"token_id": np.arange(20), "text": vocab}).to_parquet(tmp_path / "vocab.parquet")
+    cfg = H_CFG | {"hard_negatives": {"method": "cooccurrence", "n": 10, "top_k": 1}, "latents": {"n": None}}
+    args = [
+        tmp_path / "tokens.h5",
+        folder / "shard-0.h5",
+        tmp_path / "vocab.parquet",
+        cfg,
+        tmp_path / "ex.parquet",
+        tmp_path / "lat.parquet",
+    ]
+    with pytest.raises(ValueError, match="latents_dir"):
+        run_sampling(*args)
+    run_sampling(*args, latents_dir=folder)
+    assert pq.read_schema(tmp_path / "ex.parquet").field("negative").type == pa.string()
+    got = pd.read_parquet(tmp_path / "ex.parquet")
+    assert _hard(got).tolist() == B_ONLY.tolist()
+
+
+def _test_frame() -> pd.DataFrame:
+    """Latent 3: test ids 0-5 activating, 6-9 random and 10-12 hard negatives, 13 a train row; latent 4."""
+    negative = [""] * 6 + ["random"] * 4 + ["hard"] * 3 + ["random", ""]
+    return pd.DataFrame(
+        {
+            "latent": [3] * 14 + [4],
+            "example_id": [*range(14), 0],
+            "split": ["test"] * 13 + ["train", "test"],
+            "activating": [n == "" for n in negative],
+            "negative": negative,
+        }
+    )
+
+
+def test_select_test_examples():
+    ex = _test_frame().sample(frac=1, random_state=0)  # row order must not matter
+    ids = {w: select_test_examples(ex, 3, {"negatives": w}).example_id.tolist() for w in NEGATIVES}
+    assert ids == {"random": list(range(10)), "hard": [*range(6), 10, 11, 12], "both": list(range(13))}
+    assert select_test_examples(ex, 3, {}).example_id.tolist() == list(range(10))
+    cfg = {"negatives": "both", "max_activating": 2, "max_nonactivating": 3, "seed": 5}
+    got = select_test_examples(ex, 3, cfg)
+    rng = np.random.default_rng([5, 3])  # the documented seeding: per (seed, latent)
+    want = [*np.sort(rng.choice(6, 2, replace=False)), *(6 + np.sort(rng.choice(7, 3, replace=False)))]
+    assert got.example_id.tolist() == want
+    pd.testing.assert_frame_equal(got, select_test_examples(ex, 3, cfg))
+    with pytest.raises(ValueError, match="negatives"):
+        select_test_examples(ex, 3, {"negatives": "easy"})
+
+
+def test_select_test_examples_on_old_files():
+    ex = _test_frame()
+    old = ex.drop(columns="negative")  # examples written before the column existed: all negatives random
+    assert select_test_examples(old[old.example_id != 10], 3, {}).example_id.tolist() == [*range(10), 11, 12]
+    with pytest.raises(ValueError, match="`negative` column"):
+        select_test_examples(old, 3, {"negatives": "hard"})

@@ -10,7 +10,6 @@ import h5py
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import REPO, copy_workflow
 
 pytestmark = pytest.mark.slow
@@ -20,7 +19,9 @@ def snakemake(work, *args, check=True):
     cmd = [sys.executable, "-m", "snakemake", "--cores", "2", *args]
     result = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
     if check and result.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
+        )
     return result
 
 
@@ -57,8 +58,11 @@ def test_full_run_produces_every_output(tiny):
         with h5py.File(base / f"latents/shard-{shard}.h5") as f:
             assert f.attrs["latent_start"] == 64 * shard and len(f["offsets"]) == 65
     summary = pd.read_parquet(work / "results/summary/latents.parquet")
-    assert set(summary["scorer"]) == {"detection", "fuzzing"}
-    assert len(summary) == 2 * 4  # 2 scorers x (2 shards x 2 latents)
+    kinds = {"detection", "fuzzing", "simulation", "embedding", "surprisal", "intervention"}
+    assert set(summary.loc[summary["explainer"] == "qwen", "scorer"]) == kinds
+    assert set(summary.loc[summary["explainer"] != "qwen", "scorer"]) == {"detection", "embedding"}
+    assert len(summary) == (6 + 2 * 2) * 4  # (qwen x 6 scorers + 2 baselines x 2 scorers) x 4 latents
+    assert (summary["scorer"] == summary["kind"]).all()
     explanations = pd.concat(pd.read_parquet(p) for p in base.glob("small/qwen/explanations-*.parquet"))
     assert len(explanations) == 4
     # every latent ends with an explanation or an explicit status; scored latents have real metrics
@@ -67,7 +71,20 @@ def test_full_run_produces_every_output(tiny):
     assert len(ok) > 0 and ok["balanced_accuracy"].between(0, 1).all() and (ok["n"] > 0).all()
     predictions = pd.read_parquet(base / "small/qwen/detection/predictions-0.parquet")
     assert {"latent", "example_id", "activating", "prediction", "p_yes"} <= set(predictions.columns)
-    assert (work / "results/summary/scores.png").stat().st_size > 1000
+    for name in ["scores.png", "correlations.png", "summary.html"]:
+        assert (work / "results/summary" / name).stat().st_size > 1000
+    aggregates = pd.read_parquet(work / "results/summary/aggregates.parquet")
+    assert len(aggregates) == 10 and (aggregates["latents"] == 4).all()
+    ok = aggregates[aggregates["scored"] >= 2]
+    assert (ok["ci_low"] <= ok["median"]).all() and (ok["median"] <= ok["ci_high"]).all()
+    costs = pd.read_parquet(work / "results/summary/costs.parquet")
+    detection = costs[(costs["stage"] == "score") & (costs["name"] == "detection")]
+    assert (detection["prompt_tokens"] > 0).all() and (detection["cost_usd"] == 0).all()  # local model: free
+    random = pd.concat(pd.read_parquet(p) for p in base.glob("small/random/explanations-*.parquet"))
+    qwen = explanations.set_index("latent")["explanation"]
+    for row in random[random["status"] == "ok"].itertuples():
+        source = int(row.completion.removeprefix("from latent "))
+        assert source != row.latent and qwen[source] == row.explanation
     report = snakemake(work, "--report", "report.html")
     assert report.returncode == 0 and (work / "report.html").stat().st_size > 10_000
 
@@ -95,7 +112,11 @@ def test_explainer_change_reruns_explanations_scores_summary(tiny):
     work, config = tiny
     changed = yaml.safe_load(yaml.safe_dump(config))
     changed["explainers"]["qwen"]["max_examples"] = 4
-    assert rules_of(planned_jobs(work, changed)) == ["explain", "score", "summarize"]
+    jobs = planned_jobs(work, changed)
+    assert "explain" in rules_of(jobs) and "explain_top_tokens" not in rules_of(jobs)
+    # the random baseline draws from qwen's explanations, so it follows; top-tokens' scores do not
+    assert all("/qwen/" in out or "/random/" in out for rule, out in jobs if rule != "summarize")
+    assert not any(rule.startswith(("cache", "train", "encode", "sample")) for rule in rules_of(jobs))
 
 
 def test_new_layer_adds_only_its_chain(tiny):

@@ -92,7 +92,7 @@ def cache_activations(
     hookpoints: list[str],
     out_paths: list[str | os.PathLike],
 ) -> dict:
-    """Write each hookpoint's activations, float32 [n_seq * ctx_len, d_model], from one pass over the tokens."""
+    """Write each hookpoint's activations, float32 [n_seq * ctx_len, d_model], from one forward pass."""
     layers = [parse_hookpoint(h) for h in hookpoints]
     model, _ = load_model(model_spec, cfg)
     device = next(model.parameters()).device
@@ -103,13 +103,13 @@ def cache_activations(
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
         outs = []
-        for hookpoint, path in zip(hookpoints, out_paths):
+        for path in out_paths:
             tmp = stack.enter_context(atomic_path(path))
             outs.append(stack.enter_context(h5py.File(tmp, "w")))
         for i in tqdm(range(0, n_seq, batch), desc="activations", unit="batch"):
             ids = torch.from_numpy(tokens[i : i + batch].astype(np.int64)).to(device)
             seen = hidden_states(model, ids, layers)
-            for out, layer, hookpoint in zip(outs, layers, hookpoints):
+            for out, layer, hookpoint in zip(outs, layers, hookpoints, strict=True):
                 acts = seen[layer].float().reshape(-1, seen[layer].shape[-1]).cpu().numpy()
                 if "activations" not in out:
                     out.create_dataset(

@@ -1,4 +1,4 @@
-"""Cross-checks of a validated config (the JSON schema checks each key) and the run combinations it asks for."""
+"""Cross-checks of a validated config (the JSON schema checks each key) and the runs it asks for."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ RUN_LISTS = {
     "explainers": "explainers",
     "scorers": "scorers",
 }
+LLM_EXPLAINERS = ("llm",)
+LLM_SCORERS = ("detection", "fuzzing", "simulation")
 RUN_NAMES = {"corpus": "corpora", "model": "models", "sampler": "samplers"}
 
 
@@ -33,17 +35,32 @@ def check_config(config: dict) -> None:
     for name, model in config["models"].items():
         if model["source"] in ("gguf", "hf") and not model.get("path"):
             problems.append(f"models.{name}.path: required for source '{model['source']}'")
-    for section in ("explainers", "scorers"):
+    for section, kinds in (("explainers", LLM_EXPLAINERS), ("scorers", LLM_SCORERS)):
         for name, entry in config[section].items():
-            llm = entry["llm"]
-            if llm["model"].startswith("local/") and llm.get("api_base"):
+            llm = entry.get("llm")
+            if entry.get("kind", "llm") in kinds and llm is None:
+                problems.append(f"{section}.{name}.llm: required for kind '{entry.get('kind', 'llm')}'")
+            elif llm and llm["model"].startswith("local/") and llm.get("api_base"):
                 problems.append(f"{section}.{name}.llm: a local/ model runs in-process and takes no api_base")
+    for name, entry in config["explainers"].items():
+        if (
+            entry.get("kind") == "random"
+            and config["explainers"].get(entry.get("source"), {}).get("kind", "llm") != "llm"
+        ):
+            problems.append(
+                f"explainers.{name}.source: must name an LLM explainer, got '{entry.get('source')}'"
+            )
+    for name, entry in config["scorers"].items():
+        if entry.get("scorer_model") and entry["scorer_model"] not in config["models"]:
+            problems.append(
+                f"scorers.{name}.scorer_model: '{entry['scorer_model']}' is not defined under 'models'"
+            )
     if problems:
         raise ValueError("invalid config:\n  " + "\n  ".join(problems))
 
 
 def run_combinations(config: dict) -> Iterator[dict[str, str]]:
-    """Yield one dict of wildcard values per (run, hookpoint, dictionary, explainer, scorer), without repeats."""
+    """Yield the wildcard values of each (run, hookpoint, dictionary, explainer, scorer), once each."""
     seen = set()
     for run in config["runs"]:
         for hookpoint, dictionary, explainer, scorer in itertools.product(

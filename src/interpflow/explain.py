@@ -16,6 +16,7 @@ from interpflow.store import read_parquet, write_parquet
 log = logging.getLogger(__name__)
 
 MAX_EXPLANATION_CHARS = 300
+PROMPTS = ("default", "contrastive")  # cfg["prompt"]: contrastive also shows non-activating train windows
 EXPLANATION_COLUMNS = {
     "latent": "int64",
     "explanation": "object",
@@ -99,19 +100,30 @@ def _check_explanation(explanation: str) -> tuple[str | None, str, str]:
     return explanation, "ok", ""
 
 
+def _thin(ex: pd.DataFrame, max_examples: int | None) -> pd.DataFrame:
+    """Keep `max_examples` evenly spaced rows of an ordered frame (all rows if None or fewer)."""
+    if max_examples is not None and len(ex) > max_examples:
+        ex = ex.iloc[np.unique(np.linspace(0, len(ex) - 1, max_examples).round().astype(int))]
+    return ex
+
+
 def _select_examples(ex: pd.DataFrame, max_examples: int | None) -> pd.DataFrame:
     """Activating train windows, strongest first, thinned evenly across strengths to `max_examples`."""
     ex = ex[(ex["split"] == "train") & ex["activating"]].sort_values(
         ["max_act", "example_id"], ascending=[False, True], kind="stable"
     )
-    if max_examples is not None and len(ex) > max_examples:
-        # evenly spaced ranks keep the spread across activation quantiles (top-only is too specific)
-        ex = ex.iloc[np.unique(np.linspace(0, len(ex) - 1, max_examples).round().astype(int))]
-    return ex
+    # evenly spaced ranks keep the spread across activation quantiles (top-only is too specific)
+    return _thin(ex, max_examples)
 
 
-def _row(latent: int, model: str, **kw) -> dict:
-    """One explanations row with the defaults of a latent that made no LLM call."""
+def _select_counterexamples(ex: pd.DataFrame, max_examples: int | None) -> pd.DataFrame:
+    """Non-activating train windows (for the contrastive prompt), by example_id, thinned to `max_examples`."""
+    ex = ex[(ex["split"] == "train") & ~ex["activating"].astype(bool)]
+    return _thin(ex.sort_values("example_id", kind="stable"), max_examples)
+
+
+def explanation_row(latent: int, model: str, **kw) -> dict:
+    """One explanations row with the defaults of a latent that made no LLM call (a skipped one)."""
     row = dict(
         latent=int(latent),
         explanation=None,
@@ -134,22 +146,41 @@ def explain_latents(examples: pd.DataFrame, latents: pd.DataFrame, cfg: dict, cl
     if max_examples is not None and int(max_examples) < 1:
         raise ValueError(f"explainer option max_examples must be >= 1, got {max_examples}")
     show, cot = bool(cfg.get("show_activations", True)), bool(cfg.get("cot", False))
+    prompt = cfg.get("prompt", "default")
+    if prompt not in PROMPTS:
+        raise ValueError(f"explainer option prompt must be one of {PROMPTS}, got {prompt!r}")
     by_latent = dict(tuple(examples.groupby("latent", sort=False))) if len(examples) else {}
-    rows, requests, asked = {}, [], []
+    rows, requests, asked, fallback = {}, [], [], []
     for lat, status, reason in latents[["latent", "status", "reason"]].itertuples(index=False):
         if status != "ok":
-            rows[lat] = _row(lat, client.model, error=reason or f"latent status {status}")
+            rows[lat] = explanation_row(lat, client.model, error=reason or f"latent status {status}")
             continue
-        ex = _select_examples(by_latent.get(lat, examples.iloc[:0]), max_examples)
+        group = by_latent.get(lat, examples.iloc[:0])
+        ex = _select_examples(group, max_examples)
         if ex.empty:
-            rows[lat] = _row(lat, client.model, error="no activating train examples")
+            rows[lat] = explanation_row(lat, client.model, error="no activating train examples")
             continue
+        neg = _select_counterexamples(group, max_examples) if prompt == "contrastive" else None
+        if neg is not None and neg.empty:
+            fallback.append(int(lat))
+            neg = None
         requests.append(
             prompts.explainer_messages(
-                [list(t) for t in ex["token_strs"]], list(ex["acts"]), show_activations=show, cot=cot
+                [list(t) for t in ex["token_strs"]],
+                list(ex["acts"]),
+                show_activations=show,
+                cot=cot,
+                negative_strs=None if neg is None else [list(t) for t in neg["token_strs"]],
             )
         )
         asked.append(lat)
+    if fallback:
+        log.warning(
+            "contrastive prompt: %d latents have no non-activating train examples (sampler "
+            "n_train_nonactivating); they get the default prompt: %s",
+            len(fallback),
+            fallback,
+        )
     completions = client.complete_many(requests, desc="explain") if requests else []
     for lat, c in zip(asked, completions, strict=True):
         usage = dict(
@@ -161,10 +192,10 @@ def explain_latents(examples: pd.DataFrame, latents: pd.DataFrame, cfg: dict, cl
             cached=bool(c.cached),
         )
         if c.status != "ok":
-            rows[lat] = _row(lat, client.model, status="llm_error", error=c.error, **usage)
+            rows[lat] = explanation_row(lat, client.model, status="llm_error", error=c.error, **usage)
         else:
             expl, st, err = parse_explanation(c.text)
-            rows[lat] = _row(lat, client.model, explanation=expl, status=st, error=err, **usage)
+            rows[lat] = explanation_row(lat, client.model, explanation=expl, status=st, error=err, **usage)
     out = pd.DataFrame([rows[lat] for lat in latents["latent"]], columns=list(EXPLANATION_COLUMNS))
     return out.astype(EXPLANATION_COLUMNS)
 

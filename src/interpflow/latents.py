@@ -289,7 +289,10 @@ def read_latent(path: str | os.PathLike, latent: int) -> tuple[np.ndarray, np.nd
 
 
 def encode_dictionary(
-    activations_path: str | os.PathLike, sae_cfg_path: str | os.PathLike, width: int, store_cfg: dict,
+    activations_path: str | os.PathLike,
+    sae_cfg_path: str | os.PathLike,
+    width: int,
+    store_cfg: dict,
     out_dir: str | os.PathLike,
 ) -> dict:
     """Encode all activations with a saved SAE into `out_dir`/shard-{i}.h5 and stats-{i}.parquet."""
@@ -306,7 +309,12 @@ def encode_dictionary(
     n = math.ceil(width / shard_size)
     with torch.inference_mode():
         return encode_to_shards(
-            activations_path, sae, width, shard_size,
-            [str(out / f"shard-{i}.h5") for i in range(n)], [str(out / f"stats-{i}.parquet") for i in range(n)],
-            batch_size=store_cfg.get("batch_size", 4096), device=str(device),
+            activations_path,
+            sae,
+            width,
+            shard_size,
+            [str(out / f"shard-{i}.h5") for i in range(n)],
+            [str(out / f"stats-{i}.parquet") for i in range(n)],
+            batch_size=store_cfg.get("batch_size", 4096),
+            device=str(device),
         )

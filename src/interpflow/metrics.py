@@ -10,9 +10,11 @@ import pandas as pd
 METRIC_COLUMNS = {
     "latent": "int64",
     "scorer": "object",
+    "kind": "object",
     "status": "object",
     "n": "int64",
     "n_failed": "int64",
+    "score": "float64",
     "balanced_accuracy": "float64",
     "f1": "float64",
     "precision": "float64",
@@ -66,10 +68,13 @@ def _usage_per_latent(usage: pd.DataFrame | None, latents: pd.Index) -> pd.DataF
     return out.fillna({"prompt_tokens": 0, "completion_tokens": 0})
 
 
-def latent_metrics(predictions: pd.DataFrame, scorer: str, usage: pd.DataFrame | None = None) -> pd.DataFrame:
+def latent_metrics(
+    predictions: pd.DataFrame, scorer: str, usage: pd.DataFrame | None = None, kind: str = "detection"
+) -> pd.DataFrame:
     """One metrics row per latent of `predictions`: metrics over its successful rows, failures counted.
 
     `usage` has one row per prompt with `latent`, `prompt_tokens`, `completion_tokens`, `cost_usd`.
+    The headline `score` is the balanced accuracy (the paper's metric for detection and fuzzing).
     """
     rows = []
     for lat, g in predictions.groupby("latent", sort=True):
@@ -79,7 +84,10 @@ def latent_metrics(predictions: pd.DataFrame, scorer: str, usage: pd.DataFrame |
         m = binary_metrics(truth, pred, g["p_yes"].to_numpy(dtype=np.float64)[ok])
         # nothing scored: the latent carries its most common failure instead of "ok"
         status = "ok" if ok.any() else str(g.loc[~ok, "status"].value_counts().index[0])
-        rows.append(dict(latent=int(lat), scorer=scorer, status=status, n_failed=int((~ok).sum()), **m))
+        rows.append(
+            dict(latent=int(lat), scorer=scorer, kind=kind, status=status, n_failed=int((~ok).sum()), **m)
+            | {"score": m["balanced_accuracy"]}
+        )
     out = pd.DataFrame(rows, columns=[c for c in METRIC_COLUMNS if c not in _USAGE])
     cost = _usage_per_latent(usage, pd.Index(out["latent"], name="latent"))
     out = out.join(cost, on="latent")

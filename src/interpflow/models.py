@@ -82,7 +82,7 @@ def check_same_outputs(reference: torch.nn.Module, out_dir: Path, tokenizer) -> 
     with torch.no_grad():
         a = reference(ids, output_hidden_states=True).hidden_states
         b = reloaded(ids, output_hidden_states=True).hidden_states
-    worst = max((x - y).abs().max().item() for x, y in zip(a, b))
+    worst = max((x - y).abs().max().item() for x, y in zip(a, b, strict=True))
     if worst > 1e-3:
         raise RuntimeError(
             f"converted model in {out_dir} differs from its GGUF source (max |diff| {worst:.3g})"
@@ -98,7 +98,6 @@ def token_strings(tokenizer) -> np.ndarray:
 
 def prepare_model(cfg: dict, spec_out: str | os.PathLike, vocab_out: str | os.PathLike) -> None:
     """Write model.json (how to load the model) and vocab.parquet; convert a GGUF model beside them."""
-    from transformers import AutoTokenizer
 
     out_dir = Path(spec_out).parent
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,11 @@ _EXPLAIN_ACTS = """\
 Under each excerpt, every marked token is listed with its activation strength on a scale from 1 to 10, \
 where 10 is the strongest activation among all the excerpts shown."""
 
+_EXPLAIN_CONTRAST = """\
+After them you will see counterexamples: excerpts in which the latent is not active on any token, so \
+nothing is marked in them. Your explanation must tell the two sets apart: it should fit the marked tokens \
+of the excerpts and fit nothing in the counterexamples."""
+
 _EXPLAIN_TASK = """\
 Your task: say in one short sentence what the latent detects, meaning what the marked tokens have in \
 common, together with the context around them when it matters. Be specific, but general enough to cover \
@@ -97,19 +102,29 @@ def scale_acts(acts: np.ndarray, max_act: float) -> np.ndarray:
     return np.where(acts > 0, np.clip(scaled, 1, 10), 0).astype(np.int64)
 
 
-def explainer_system(*, show_activations: bool = True, cot: bool = False) -> str:
+def explainer_system(*, show_activations: bool = True, cot: bool = False, contrastive: bool = False) -> str:
     """The explainer's fixed instructions (the same text for every latent)."""
-    parts = [_EXPLAIN_HEAD, _EXPLAIN_ACTS if show_activations else None, _EXPLAIN_TASK]
+    parts = [_EXPLAIN_HEAD, _EXPLAIN_ACTS if show_activations else None]
+    parts += [_EXPLAIN_CONTRAST if contrastive else None, _EXPLAIN_TASK]
     parts.append(_EXPLAIN_COT if cot else _EXPLAIN_DIRECT)
     return "\n\n".join(p for p in parts if p)
 
 
 def explainer_user(
-    token_strs: Sequence[Sequence[str]], acts: Sequence[np.ndarray], *, show_activations: bool = True
+    token_strs: Sequence[Sequence[str]],
+    acts: Sequence[np.ndarray],
+    *,
+    show_activations: bool = True,
+    negative_strs: Sequence[Sequence[str]] | None = None,
 ) -> str:
-    """The explainer's per-latent message: numbered excerpts with active tokens marked and 0-10 strengths."""
+    """The explainer's per-latent message: numbered excerpts with active tokens marked and 0-10 strengths.
+
+    With `negative_strs` (contrastive prompt) the excerpts where the latent is not active follow, unmarked.
+    """
     if not token_strs:
         raise ValueError("the explainer needs at least one example")
+    if negative_strs is not None and not negative_strs:
+        raise ValueError("the contrastive explainer prompt needs at least one non-activating example")
     acts = [np.asarray(a, dtype=np.float64) for a in acts]
     max_act = max(float(a.max(initial=0.0)) for a in acts)  # 10 = the max over the examples shown
     blocks = []
@@ -125,7 +140,16 @@ def explainer_user(
             )
             block += f"\nActivations: {listed}"
         blocks.append(block)
-    return "Excerpts:\n\n" + "\n\n".join(blocks)
+    text = "Excerpts:\n\n" + "\n\n".join(blocks)
+    if negative_strs is None:
+        return text
+    counter = [
+        f"Counterexample {k}: {mark_text(toks, np.zeros(len(toks), dtype=bool))}"
+        for k, toks in enumerate(negative_strs, start=1)
+    ]
+    return (
+        text + "\n\nCounterexamples (the latent is not active anywhere in these):\n\n" + "\n\n".join(counter)
+    )
 
 
 def explainer_messages(
@@ -134,12 +158,13 @@ def explainer_messages(
     *,
     show_activations: bool = True,
     cot: bool = False,
+    negative_strs: Sequence[Sequence[str]] | None = None,
 ) -> list[dict]:
-    """Chat messages asking for a one-sentence explanation of one latent."""
-    return [
-        {"role": "system", "content": explainer_system(show_activations=show_activations, cot=cot)},
-        {"role": "user", "content": explainer_user(token_strs, acts, show_activations=show_activations)},
-    ]
+    """Chat messages asking for a one-sentence explanation of one latent (contrastive if negative_strs)."""
+    contrastive = negative_strs is not None
+    system = explainer_system(show_activations=show_activations, cot=cot, contrastive=contrastive)
+    user = explainer_user(token_strs, acts, show_activations=show_activations, negative_strs=negative_strs)
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
 def judge_system(kind: str) -> str:

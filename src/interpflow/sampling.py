@@ -1,11 +1,17 @@
-"""Example sampler: per latent, train and test windows stratified by activation quantile, never shared."""
+"""Example sampler: per latent, train and test windows stratified by activation quantile, never shared.
+
+Besides the paper's random non-activating test windows, it can draw "hard" ones that resemble a latent's
+activating windows while the latent stays at zero in them (`hard_negatives`): windows where the latents
+that co-occur most with it fire, or windows holding the tokens it fires on most.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -13,12 +19,17 @@ import pandas as pd
 from interpflow.latents import LatentShard, read_shard
 from interpflow.store import atomic_path, read_parquet, write_parquet
 
+if TYPE_CHECKING:
+    from scipy import sparse
+
 log = logging.getLogger(__name__)
 
 EXAMPLE_COLUMNS = [
     "latent", "example_id", "split", "activating", "seq", "start",
-    "tokens", "token_strs", "acts", "max_act", "quantile",
+    "tokens", "token_strs", "acts", "max_act", "quantile", "negative",
 ]  # fmt: skip
+HARD_METHODS = ("none", "cooccurrence", "lexical")
+NEGATIVES = ("random", "hard", "both")
 LATENT_COLUMNS = ["latent", "n_activating_windows", "status", "reason"]
 
 
@@ -39,6 +50,7 @@ def _examples_schema() -> Any:
             ("acts", pa.list_(pa.float32())),
             ("max_act", pa.float32()),
             ("quantile", pa.int64()),
+            ("negative", pa.string()),
         ]
     )
 
@@ -64,6 +76,7 @@ def _settings(cfg: dict, ctx_len: int) -> dict[str, int]:
         "n_train": cfg.get("n_train", 40),
         "n_test": cfg.get("n_test", 100),
         "n_nonactivating": cfg.get("n_nonactivating", 100),
+        "n_train_nonactivating": cfg.get("n_train_nonactivating", 0),
         "n_quantiles": cfg.get("n_quantiles", 10),
         "seed": cfg.get("seed", 0),
     }
@@ -77,6 +90,19 @@ def _settings(cfg: dict, ctx_len: int) -> dict[str, int]:
     if s["n_quantiles"] < 1:
         raise ValueError("n_quantiles must be at least 1")
     return s
+
+
+def _hard_settings(cfg: dict, n_nonactivating: int) -> tuple[str, int, int]:
+    """Read and check cfg['hard_negatives']: (method, n windows per latent, top_k latents or tokens)."""
+    hard = cfg.get("hard_negatives") or {}
+    method = hard.get("method", "none")
+    if method not in HARD_METHODS:
+        raise ValueError(f"hard_negatives.method must be one of {HARD_METHODS}, got {method!r}")
+    n, top_k = hard.get("n", n_nonactivating), hard.get("top_k", 5)
+    for key, value, low in (("n", n, 0), ("top_k", top_k, 1)):
+        if not isinstance(value, int) or value < low:
+            raise ValueError(f"hard_negatives.{key} must be an integer >= {low}, got {value!r}")
+    return method, (0 if method == "none" else n), top_k
 
 
 def _stratified(bins: np.ndarray, n: int, n_bins: int, rng: np.random.Generator) -> np.ndarray:
@@ -101,10 +127,23 @@ def _inactive_windows(active: np.ndarray, n_windows: int, n: int, rng: np.random
     return r + np.searchsorted(active - np.arange(active.size), r, side="right")
 
 
+def _hardest(score: np.ndarray, used: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """The n windows of highest positive score that are not in `used` (ties broken at random), sorted."""
+    cand = np.setdiff1d(np.flatnonzero(score > 0), used)
+    order = np.lexsort((rng.random(cand.size), -score[cand]))
+    return np.sort(cand[order[:n]])
+
+
 def _sample_windows(
-    pos: np.ndarray, vals: np.ndarray, n_windows: int, s: dict[str, int], rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Choose one latent's windows: returns (window ids, split is train, activating, quantile bin)."""
+    pos: np.ndarray,
+    vals: np.ndarray,
+    n_windows: int,
+    s: dict[str, int],
+    rng: np.random.Generator,
+    hard_score: np.ndarray | None = None,
+    n_hard: int = 0,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Choose one latent's windows: returns (window ids, their split/activating/quantile/negative columns)."""
     # flat window id; ctx_len % L == 0 keeps every window inside one sequence
     wid = pos.astype(np.int64) // s["example_ctx_len"]
     active, first = np.unique(wid, return_index=True)  # [n_act], sorted
@@ -117,11 +156,116 @@ def _sample_windows(
     test = left[_stratified(bins[left], s["n_test"], s["n_quantiles"], rng)]
     train, test = np.sort(train), np.sort(test)
     inactive = _inactive_windows(active, n_windows, s["n_nonactivating"], rng)
-    windows = np.concatenate([active[train], active[test], inactive])
-    is_train = np.arange(windows.size) < train.size
-    activating = np.arange(windows.size) < train.size + test.size
-    quantile = np.concatenate([bins[train], bins[test], np.full(inactive.size, -1)])
-    return windows, is_train, activating, quantile
+    # the draws below are skipped when off, so default settings give the same windows as before
+    used = np.union1d(active, inactive)
+    train_inactive = np.empty(0, np.int64)
+    if s["n_train_nonactivating"]:
+        train_inactive = _inactive_windows(used, n_windows, s["n_train_nonactivating"], rng)
+        used = np.union1d(used, train_inactive)
+    hard = np.empty(0, np.int64)
+    if hard_score is not None and n_hard:
+        hard = _hardest(hard_score, used, n_hard, rng)
+    parts = [active[train], active[test], inactive, train_inactive, hard]
+    group = np.repeat(np.arange(len(parts)), [p.size for p in parts])
+    cols = {
+        "split": np.where((group == 0) | (group == 3), "train", "test"),
+        "activating": group < 2,
+        "quantile": np.concatenate(
+            [bins[train], bins[test], np.full(group.size - train.size - test.size, -1)]
+        ),
+        "negative": np.array(["", "", "random", "random", "hard"], dtype=object)[group],
+    }
+    return np.concatenate(parts), cols
+
+
+def cooccurrence_scores(
+    incidence: sparse.csc_matrix, latent: int, active: np.ndarray, top_k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Hard-negative score of every window for `latent` by co-occurrence, and the latents it used.
+
+    Latents are ranked by the Jaccard index of their window set B with this latent's window set A,
+    |A & B| / |A | B| (raw counts would favour latents that fire everywhere); a window's score is the summed
+    Jaccard index of the top_k latents that fire in it.
+    """
+    x = np.zeros(incidence.shape[0], np.float32)
+    x[active] = 1.0
+    inter = np.asarray(incidence.T @ x, dtype=np.float64)  # [n_latents]: windows shared with A
+    union = active.size + np.diff(incidence.indptr) - inter
+    jac = inter / np.maximum(union, 1)
+    jac[latent] = 0.0
+    top = np.argsort(-jac, kind="stable")[:top_k]
+    top = top[jac[top] > 0]
+    return np.asarray(incidence[:, top] @ jac[top], dtype=np.float64), top  # [n_windows]
+
+
+def lexical_scores(
+    tokens_w: np.ndarray, pos: np.ndarray, vals: np.ndarray, top_k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Hard-negative score of every window (tokens_w [n_windows, L]) by shared tokens, and the token ids used.
+
+    The top_k token ids carrying most of the latent's activation mass (the sum of its activations on each
+    id); a window's score is the summed mass share of those ids that occur in it.
+    """
+    ids = tokens_w.ravel()[pos]  # token id at each nonzero (flat token index = window * L + offset)
+    mass = np.bincount(ids, weights=vals.astype(np.float64))
+    top = np.argsort(-mass, kind="stable")[:top_k]
+    top = top[mass[top] > 0]
+    score = np.zeros(tokens_w.shape[0])
+    for t, share in zip(top, mass[top] / mass.sum(), strict=True):
+        score += share * (tokens_w == t).any(axis=1)
+    return score, top
+
+
+def _hard_scores(
+    method: str,
+    latent: int,
+    pos: np.ndarray,
+    vals: np.ndarray,
+    tokens_w: np.ndarray,
+    incidence: sparse.csc_matrix | None,
+    top_k: int,
+) -> np.ndarray | None:
+    """Every window's hard-negative score for `latent` under `method` (None when hard negatives are off)."""
+    if method == "none":
+        return None
+    if method == "lexical":
+        score, used = lexical_scores(tokens_w, pos, vals, top_k)
+    else:
+        active = np.unique(pos.astype(np.int64) // tokens_w.shape[1])
+        score, used = cooccurrence_scores(incidence, latent, active, top_k)
+    log.debug("latent %d: %s hard negatives from %s", latent, method, used.tolist())
+    return score
+
+
+def window_incidence(shard_paths: Sequence[str | os.PathLike], example_ctx_len: int) -> sparse.csc_matrix:
+    """Which latents fire in which window: bool CSC [n_windows, n_latents] from shards in latent order."""
+    from scipy import sparse
+
+    indptr, indices, end, dims = [np.zeros(1, np.int64)], [], 0, None
+    for path in shard_paths:
+        shard = read_shard(path)
+        if shard.latent_start != end:
+            raise ValueError(f"latent shard {path} starts at latent {shard.latent_start}, expected {end}")
+        if dims not in (None, (shard.n_seq, shard.ctx_len)):
+            raise ValueError(
+                f"latent shard {path} has (n_seq, ctx_len) {shard.n_seq, shard.ctx_len}, not {dims}"
+            )
+        dims, end = (shard.n_seq, shard.ctx_len), shard.latent_end
+        # positions ascend within a latent, so its window ids do too: keep the first of each run
+        wid = (shard.positions // example_ctx_len).astype(np.int32)
+        new = np.ones(wid.size, bool)
+        new[1:] = wid[1:] != wid[:-1]
+        new[shard.offsets[:-1][np.diff(shard.offsets) > 0]] = True  # a latent's first entry
+        kept = np.concatenate([[0], np.cumsum(new)])[shard.offsets]  # [n_latents + 1]
+        indptr.append(indptr[-1][-1] + kept[1:])
+        indices.append(wid[new])
+    if dims is None:
+        raise ValueError("window_incidence needs at least one latent shard")
+    if dims[1] % example_ctx_len:
+        raise ValueError(f"example_ctx_len ({example_ctx_len}) must divide the context length {dims[1]}")
+    idx = np.concatenate(indices)
+    shape = (dims[0] * (dims[1] // example_ctx_len), end)
+    return sparse.csc_matrix((np.ones(idx.size, bool), idx, np.concatenate(indptr)), shape=shape)
 
 
 def _example_rows(
@@ -161,8 +305,13 @@ def sample_examples(
     shard: LatentShard,
     cfg: dict,
     latents: Sequence[int] | None = None,
+    *,
+    incidence: sparse.csc_matrix | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Sample train/test example windows per latent (None = the latents cfg['latents'] selects)."""
+    """Sample train/test example windows per latent (None = the latents cfg['latents'] selects).
+
+    `incidence` (window_incidence over all shards) is needed by hard_negatives.method cooccurrence.
+    """
     from tqdm.auto import tqdm
 
     n_seq, ctx_len = tokens.shape
@@ -171,9 +320,20 @@ def sample_examples(
             f"tokens {tokens.shape} do not match the shard's (n_seq, ctx_len) {shard.n_seq, shard.ctx_len}"
         )
     s = _settings(cfg, ctx_len)
+    method, n_hard, top_k = _hard_settings(cfg, s["n_nonactivating"])
     L = s["example_ctx_len"]
+    n_windows = n_seq * (ctx_len // L)
+    if method == "cooccurrence" and (
+        incidence is None or incidence.shape[0] != n_windows or incidence.shape[1] < shard.latent_end
+    ):
+        raise ValueError(
+            f"hard_negatives.method cooccurrence needs the window x latent incidence of all latents "
+            f"({n_windows} windows, >= {shard.latent_end} latents); got "
+            f"{None if incidence is None else incidence.shape}"
+        )
     if latents is None:
         latents = select_latents(shard.latent_start, shard.latent_end, cfg)
+    tokens_w = tokens.reshape(n_windows, L)  # [n_windows, L]; window = flat token index // L
     frames, status = [], []
     for latent in tqdm(latents, desc="sample", unit="latent"):
         pos, vals = shard.latent(int(latent))
@@ -183,17 +343,61 @@ def sample_examples(
             continue
         # a generator per (seed, latent): a latent's examples do not depend on which others are sampled
         rng = np.random.default_rng([s["seed"], int(latent)])
-        windows, is_train, activating, quantile = _sample_windows(pos, vals, n_seq * (ctx_len // L), s, rng)
-        cols = _example_rows(int(latent), windows, pos, vals, tokens, token_strs, L)
-        cols |= {"split": np.where(is_train, "train", "test"), "activating": activating, "quantile": quantile}
-        frames.append(pd.DataFrame(cols)[EXAMPLE_COLUMNS])
+        hard_score = _hard_scores(method, int(latent), pos, vals, tokens_w, incidence, top_k)
+        windows, cols = _sample_windows(pos, vals, n_windows, s, rng, hard_score, n_hard)
+        rows = _example_rows(int(latent), windows, pos, vals, tokens, token_strs, L)
+        frames.append(pd.DataFrame(rows | cols)[EXAMPLE_COLUMNS])
         status.append((int(latent), n_act, "ok", ""))
     examples = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=EXAMPLE_COLUMNS)
     table = pd.DataFrame(status, columns=LATENT_COLUMNS)
     table = table.astype({"latent": np.int64, "n_activating_windows": np.int64})
     n_skipped = int((table.status != "ok").sum())
-    log.info("sampled %d latents (%d skipped), %d examples", len(table), n_skipped, len(examples))
+    n_hard_rows = int((examples["negative"] == "hard").sum())
+    log.info(
+        "sampled %d latents (%d skipped), %d examples (%d hard negatives, method %s)",
+        len(table),
+        n_skipped,
+        len(examples),
+        n_hard_rows,
+        method,
+    )
     return examples.astype({"quantile": np.int64, "max_act": np.float32}), table
+
+
+def select_test_examples(
+    examples: pd.DataFrame, latent: int, cfg: dict, rng: np.random.Generator | None = None
+) -> pd.DataFrame:
+    """A latent's scored test windows: its activating ones plus the negatives cfg['negatives'] names, capped.
+
+    cfg (a scorer's): `negatives` "random" (default, the paper's), "hard" or "both"; `max_activating` and
+    `max_nonactivating` cap each class (all chosen negatives together) by a seeded draw from `rng`, by
+    default np.random.default_rng([cfg['seed'], latent]). Activating rows come first, then negatives, each
+    in example_id order; callers shuffle. Without a `negative` column every negative counts as random.
+    """
+    which = cfg.get("negatives", "random")
+    if which not in NEGATIVES:
+        raise ValueError(f"scorer option negatives must be one of {NEGATIVES}, got {which!r}")
+    ex = examples[(examples["latent"] == latent) & (examples["split"] == "test")]
+    ex = ex.sort_values("example_id", kind="stable")
+    on = ex["activating"].to_numpy(dtype=bool)
+    if "negative" in ex.columns:
+        kind = ex["negative"].to_numpy()
+    elif which == "random":
+        kind = np.where(on, "", "random")
+    else:
+        raise ValueError(f"scorer option negatives={which} needs examples with a `negative` column")
+    wanted = {"random": ["random"], "hard": ["hard"], "both": ["random", "hard"]}[which]
+    if rng is None:
+        rng = np.random.default_rng([int(cfg.get("seed", 0)), int(latent)])
+    parts = []
+    for sub, key in ((ex[on], "max_activating"), (ex[~on & np.isin(kind, wanted)], "max_nonactivating")):
+        cap = cfg.get(key)
+        if cap is not None and int(cap) < 0:
+            raise ValueError(f"scorer option {key} must be >= 0, got {cap}")
+        if cap is not None and len(sub) > int(cap):
+            sub = sub.iloc[np.sort(rng.choice(len(sub), size=int(cap), replace=False))]
+        parts.append(sub)
+    return pd.concat(parts)
 
 
 def _skip_reason(n_act: int, need: int, cfg: dict) -> str:
@@ -214,6 +418,18 @@ def read_vocab(path: str | os.PathLike) -> np.ndarray:
     return out
 
 
+def shard_files(latents_dir: str | os.PathLike) -> list[Path]:
+    """The shard-{i}.h5 files of a latents folder, in shard order."""
+    found = {
+        int(p.stem.removeprefix("shard-")): p
+        for p in Path(latents_dir).glob("shard-*.h5")
+        if p.stem.removeprefix("shard-").isdigit()
+    }
+    if not found:
+        raise FileNotFoundError(f"no latent shards (shard-<i>.h5) in {latents_dir}")
+    return [found[i] for i in sorted(found)]
+
+
 def run_sampling(
     tokens_path: str | os.PathLike,
     shard_path: str | os.PathLike,
@@ -221,8 +437,14 @@ def run_sampling(
     cfg: dict,
     examples_out: str | os.PathLike,
     latents_out: str | os.PathLike,
+    latents_dir: str | os.PathLike | None = None,
 ) -> None:
-    """Step: sample one shard's examples and write the examples and latents tables."""
+    """Step: sample one shard's examples and write the examples and latents tables.
+
+    `latents_dir` (the folder of every shard) is read only by hard_negatives.method cooccurrence.
+    """
+    import time
+
     import h5py
 
     if not os.path.exists(tokens_path):
@@ -235,7 +457,21 @@ def run_sampling(
     if tokens.size and tokens.max() >= token_strs.size:
         raise ValueError(f"token id {tokens.max()} in {tokens_path} is missing from vocabulary {vocab_path}")
     shard = read_shard(shard_path)
-    examples, latents = sample_examples(tokens, token_strs, shard, cfg)
+    incidence = None
+    if (cfg.get("hard_negatives") or {}).get("method") == "cooccurrence":
+        if latents_dir is None:
+            raise ValueError("hard_negatives.method cooccurrence needs latents_dir, the folder of all shards")
+        t0 = time.perf_counter()
+        incidence = window_incidence(
+            shard_files(latents_dir), _settings(cfg, tokens.shape[1])["example_ctx_len"]
+        )
+        log.info(
+            "window x latent incidence: %d x %d, %d nonzeros, %.1f s",
+            *incidence.shape,
+            incidence.nnz,
+            time.perf_counter() - t0,
+        )
+    examples, latents = sample_examples(tokens, token_strs, shard, cfg, incidence=incidence)
     with atomic_path(examples_out) as tmp:
         examples.to_parquet(tmp, index=False, schema=_examples_schema())
     write_parquet(latents, latents_out)

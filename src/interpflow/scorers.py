@@ -18,6 +18,7 @@ import pandas as pd
 
 from interpflow import prompts
 from interpflow.metrics import METRIC_COLUMNS, latent_metrics
+from interpflow.sampling import select_test_examples
 from interpflow.store import read_parquet, write_parquet
 
 log = logging.getLogger(__name__)
@@ -143,17 +144,12 @@ def fuzz_marks(acts: list[np.ndarray], activating: np.ndarray, rng: np.random.Ge
     return marks
 
 
-def _test_windows(ex: pd.DataFrame, cfg: dict, rng: np.random.Generator) -> pd.DataFrame:
-    """A latent's test windows, each class capped by a seeded draw, in a seeded random order."""
-    ex = ex[ex["split"] == "test"].sort_values("example_id", kind="stable")
-    parts = []
-    for on, key in ((True, "max_activating"), (False, "max_nonactivating")):
-        sub, cap = ex[ex["activating"] == on], cfg.get(key)
-        if cap is not None and len(sub) > int(cap):
-            sub = sub.iloc[np.sort(rng.choice(len(sub), size=int(cap), replace=False))]
-        parts.append(sub)
-    both = pd.concat(parts)
-    return both.iloc[rng.permutation(len(both))]
+def scored_windows(ex: pd.DataFrame, cfg: dict, rng: np.random.Generator) -> pd.DataFrame:
+    """A latent's test windows (sampling.select_test_examples: negatives, caps) in a seeded random order."""
+    if ex.empty:
+        return ex
+    chosen = select_test_examples(ex, int(ex["latent"].iloc[0]), cfg, rng)
+    return chosen.iloc[rng.permutation(len(chosen))]
 
 
 def _check_cfg(cfg: dict) -> tuple[str, int, int]:
@@ -187,7 +183,7 @@ def build_prompts(
             unscored[lat] = f"no_explanation: {status}"
             continue
         rng = np.random.default_rng([seed, lat])
-        ex = _test_windows(by_latent.get(lat, examples.iloc[:0]), cfg, rng)
+        ex = scored_windows(by_latent.get(lat, examples.iloc[:0]), cfg, rng)
         if ex.empty:
             unscored[lat] = "no_test_examples"
             continue
@@ -258,11 +254,12 @@ def score_latents(
         columns=["latent", "prompt_tokens", "completion_tokens", "cost_usd"],
     ).astype({"cost_usd": "float64"})
     name = str(cfg.get("name") or kind)
-    scored = latent_metrics(predictions, name, usage)
+    scored = latent_metrics(predictions, name, usage, kind=kind)
     empty = pd.DataFrame(
         {
             "latent": list(unscored),
             "scorer": name,
+            "kind": kind,
             "status": list(unscored.values()),
             "n": 0,
             "n_failed": 0,

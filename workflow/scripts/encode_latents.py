@@ -3,6 +3,9 @@ from interpflow.steps import logged
 
 with logged(snakemake.log[0], threads=snakemake.threads):
     encode_dictionary(
-        snakemake.input.activations, snakemake.input.sae, snakemake.params.width, snakemake.params.store,
+        snakemake.input.activations,
+        snakemake.input.sae,
+        snakemake.params.width,
+        snakemake.params.store,
         snakemake.output[0],
     )

@@ -9,4 +9,5 @@ with logged(snakemake.log[0]):
         snakemake.params.cfg,
         snakemake.output.examples,
         snakemake.output.latents,
+        latents_dir=snakemake.input.latents,
     )

@@ -1,8 +1,10 @@
 from interpflow.scorers import run_score
+from interpflow.simulation import run_simulation
 from interpflow.steps import logged
 
+run = run_simulation if snakemake.params.cfg["kind"] == "simulation" else run_score
 with logged(snakemake.log[0], threads=snakemake.threads):
-    run_score(
+    run(
         snakemake.input.examples,
         snakemake.input.explanations,
         snakemake.params.cfg,

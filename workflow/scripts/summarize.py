@@ -2,4 +2,4 @@ from interpflow.report import summarize
 from interpflow.steps import logged
 
 with logged(snakemake.log[0]):
-    summarize(snakemake.params.records, snakemake.output.table, snakemake.output.figure, snakemake.output.html)
+    summarize(snakemake.params.records, dict(snakemake.output.items()))

@@ -1,0 +1,17 @@
+from pathlib import Path
+
+from interpflow.intervention import run_intervention
+from interpflow.steps import logged
+
+with logged(snakemake.log[0], threads=snakemake.threads):
+    run_intervention(
+        Path(snakemake.input.sae).parent,
+        snakemake.input.subject,
+        snakemake.params.model_cfg,
+        snakemake.wildcards.hookpoint,
+        snakemake.input.explanations,
+        snakemake.params.cfg,
+        snakemake.output.predictions,
+        snakemake.output.metrics,
+        scorer_spec=snakemake.input.scorer_model,
+    )
