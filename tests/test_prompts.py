@@ -71,7 +71,7 @@ def test_judge_messages():
     assert msgs[0] == {"role": "system", "content": prompts.judge_system("detection")}
     assert msgs[1]["content"] == (
         'Explanation: "Words like \\"cat\\"."\n\nExcerpts:\n1. The cat sat\n2. A dog ran\n\n'
-        "Give 2 labels, one per excerpt."
+        "Give 2 labels, one per excerpt, in exactly this form with each x replaced by 0 or 1: [x, x]"
     )
     # the instruction prefix does not depend on the latent, its explanation or the number of excerpts
     other = prompts.judge_messages("detection", "Numbers.", ["1", "2", "3"])

@@ -58,9 +58,10 @@ the latent is active; in the others they sit on tokens chosen at random. For eac
 the marked tokens are what the explanation describes: label 1 if they fit it, 0 if they do not.""",
 }
 
+# No example list here: a small judge copies an example's label pattern whatever the excerpts say.
 _JUDGE_REPLY = """\
-Reply with the labels only: one list in square brackets with one label per excerpt, in the excerpts' \
-order, e.g. [1, 0, 0, 1, 0] for five excerpts. Write nothing else."""
+Reply with the labels only: one list in square brackets holding one label, 0 or 1, per excerpt, in the \
+excerpts' order and separated by commas. Write nothing else."""
 
 
 def _escape(tok: str) -> str:
@@ -180,7 +181,8 @@ def judge_user(explanation: str, texts: Sequence[str]) -> str:
     n = len(texts)
     return (
         f"Explanation: {json.dumps(explanation, ensure_ascii=False)}\n\nExcerpts:\n{listed}\n\n"
-        f"Give {n} label{'s' if n != 1 else ''}, one per excerpt."
+        f"Give {n} label{'s' if n != 1 else ''}, one per excerpt, in exactly this form with each x replaced "
+        f"by 0 or 1: [{', '.join('x' * n)}]"
     )
 
 

@@ -42,10 +42,10 @@ _ERRORS = {
 def _check_cfg(cfg: dict) -> tuple[str, str, int]:
     """Validate the surprisal options; return (prompt_template, neutral, batch_size)."""
     check_caps(cfg)
-    template = str(cfg.get("prompt_template", DEFAULT_TEMPLATE))
+    template = str(cfg.get("prompt_template") or DEFAULT_TEMPLATE)  # null in the config = the default
     if "{description}" not in template:
         raise ValueError(f"scorer option prompt_template must contain '{{description}}', got {template!r}")
-    neutral = str(cfg.get("neutral", DEFAULT_NEUTRAL))
+    neutral = str(cfg.get("neutral") or DEFAULT_NEUTRAL)
     if not neutral.strip():
         raise ValueError("scorer option neutral must be a non-empty description")
     return template, neutral, int(cfg.get("batch_size", 16))
