@@ -8,9 +8,13 @@ rule summarize:
         aggregates="results/summary/aggregates.parquet",
         correlations="results/summary/correlations.parquet",
         costs="results/summary/costs.parquet",
-        figure=report("results/summary/scores.png", category="Scores", caption="../workflow/report/scores.rst"),
+        figure=report(
+            "results/summary/scores.png", category="Scores", caption="../workflow/report/scores.rst"
+        ),
         heatmap=report(
-            "results/summary/correlations.png", category="Scores", caption="../workflow/report/correlations.rst"
+            "results/summary/correlations.png",
+            category="Scores",
+            caption="../workflow/report/correlations.rst",
         ),
         html=report("results/summary/summary.html", category="Tables", caption="../workflow/report/table.rst"),
     log:

@@ -71,7 +71,8 @@ def test_full_run_produces_every_output(tiny):
     ok = summary[summary["status"] == "ok"]
     assert len(ok) > 0 and (ok["n"] > 0).all()
     judged = ok[ok["kind"].isin(["detection", "fuzzing"])]
-    assert judged["balanced_accuracy"].between(0, 1).all() and (judged["score"] == judged["balanced_accuracy"]).all()
+    assert judged["balanced_accuracy"].between(0, 1).all()
+    assert (judged["score"] == judged["balanced_accuracy"]).all()
     assert ok.loc[ok["kind"] == "embedding", "score"].between(0, 1).all()
     predictions = pd.read_parquet(base / "small/qwen/detection/predictions-0.parquet")
     assert {"latent", "example_id", "activating", "prediction", "p_yes"} <= set(predictions.columns)

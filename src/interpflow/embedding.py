@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from interpflow.scorers import scored_windows
+from interpflow.scorers import scorable_latents
 from interpflow.store import read_parquet, write_parquet
 
 log = logging.getLogger(__name__)
@@ -66,18 +66,8 @@ def select_windows(
     Returns one row per (latent, window) with `latent`, `explanation`, `example_id`, `activating`, `text`,
     and {latent: "no_explanation: <status>" or "no_test_examples"} for the rest.
     """
-    seed = int(cfg.get("seed", 0))
-    by_latent = dict(tuple(examples.groupby("latent", sort=False))) if len(examples) else {}
     parts, unscored = [], {}
-    for lat, expl, status in explanations[["latent", "explanation", "status"]].itertuples(index=False):
-        lat = int(lat)
-        if status != "ok":
-            unscored[lat] = f"no_explanation: {status}"
-            continue
-        ex = scored_windows(by_latent.get(lat, examples.iloc[:0]), cfg, np.random.default_rng([seed, lat]))
-        if ex.empty:
-            unscored[lat] = "no_test_examples"
-            continue
+    for lat, expl, ex, _ in scorable_latents(examples, explanations, cfg, unscored):
         ex = ex.sort_values("example_id", kind="stable")
         parts.append(
             pd.DataFrame(

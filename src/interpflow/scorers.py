@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -152,6 +153,29 @@ def scored_windows(ex: pd.DataFrame, cfg: dict, rng: np.random.Generator) -> pd.
     return chosen.iloc[rng.permutation(len(chosen))]
 
 
+def scorable_latents(
+    examples: pd.DataFrame, explanations: pd.DataFrame, cfg: dict, unscored: dict[int, str]
+) -> Iterator[tuple[int, str, pd.DataFrame, np.random.Generator]]:
+    """Yield (latent, explanation, its test windows, its rng) for every latent a scorer can score.
+
+    Latents without an ok explanation or without test windows are recorded in `unscored` with the reason;
+    the rng is np.random.default_rng([seed, latent]), already used to pick and order the windows.
+    """
+    seed = int(cfg.get("seed", 0))
+    by_latent = dict(tuple(examples.groupby("latent", sort=False))) if len(examples) else {}
+    for lat, expl, status in explanations[["latent", "explanation", "status"]].itertuples(index=False):
+        lat = int(lat)
+        if status != "ok":
+            unscored[lat] = f"no_explanation: {status}"
+            continue
+        rng = np.random.default_rng([seed, lat])
+        ex = scored_windows(by_latent.get(lat, examples.iloc[:0]), cfg, rng)
+        if ex.empty:
+            unscored[lat] = "no_test_examples"
+            continue
+        yield lat, expl, ex, rng
+
+
 def _check_cfg(cfg: dict) -> tuple[str, int, int]:
     """Validate the scorer options; return (kind, examples_per_prompt, seed)."""
     kind = cfg.get("kind")
@@ -174,19 +198,9 @@ def build_prompts(
     Returns the chat requests, per request (latent, prompt_index, its windows in order), and the status of
     each latent that gets no prompt.
     """
-    kind, per_prompt, seed = _check_cfg(cfg)
-    by_latent = dict(tuple(examples.groupby("latent", sort=False))) if len(examples) else {}
+    kind, per_prompt, _ = _check_cfg(cfg)
     requests, meta, unscored = [], [], {}
-    for lat, expl, status in explanations[["latent", "explanation", "status"]].itertuples(index=False):
-        lat = int(lat)
-        if status != "ok":
-            unscored[lat] = f"no_explanation: {status}"
-            continue
-        rng = np.random.default_rng([seed, lat])
-        ex = scored_windows(by_latent.get(lat, examples.iloc[:0]), cfg, rng)
-        if ex.empty:
-            unscored[lat] = "no_test_examples"
-            continue
+    for lat, expl, ex, rng in scorable_latents(examples, explanations, cfg, unscored):
         acts = [np.asarray(a, dtype=np.float64) for a in ex["acts"]]
         if kind == "fuzzing":
             marks = fuzz_marks(acts, ex["activating"].to_numpy(dtype=bool), rng)

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from interpflow.scorers import scored_windows
+from interpflow.scorers import scorable_latents
 from interpflow.store import atomic_path, read_parquet
 
 log = logging.getLogger(__name__)
@@ -276,18 +276,9 @@ def build_prompts(
     activations scaled 0-10 by the latent's max over its test windows); the status of each latent that
     gets no prompt.
     """
-    per_prompt, seed = _check_cfg(cfg)
-    by_latent = dict(tuple(examples.groupby("latent", sort=False))) if len(examples) else {}
+    per_prompt, _ = _check_cfg(cfg)
     requests, meta, unscored = [], [], {}
-    for lat, expl, status in explanations[["latent", "explanation", "status"]].itertuples(index=False):
-        lat = int(lat)
-        if status != "ok":
-            unscored[lat] = f"no_explanation: {status}"
-            continue
-        ex = scored_windows(by_latent.get(lat, examples.iloc[:0]), cfg, np.random.default_rng([seed, lat]))
-        if ex.empty:
-            unscored[lat] = "no_test_examples"
-            continue
+    for lat, expl, ex, _ in scorable_latents(examples, explanations, cfg, unscored):
         acts = [np.asarray(a, dtype=np.float64) for a in ex["acts"]]
         top = max(float(a.max(initial=0.0)) for a in acts)
         true = [(MAX_VALUE * a / top if top > 0 else 0 * a).astype(np.float32) for a in acts]
