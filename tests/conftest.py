@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from interpflow.llm import Completion
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -31,6 +33,13 @@ def qwen_gguf(tmp_path_factory) -> Path:
         return done
     out = tmp_path_factory.mktemp("llm") / "qwen2.5-coder-1.5b-instruct.gguf"
     return assemble_local_model("qwen2.5-coder-1.5b-instruct", out)
+
+
+def completion(text: str | None, **fields):
+    """A real interpflow.llm.Completion for scripted clients, with harmless defaults for the other fields."""
+    defaults = dict(status="ok", error="", prompt_tokens=100, completion_tokens=10, cost_usd=None,
+                    latency_s=0.1, cached=False, logprobs=None)  # fmt: skip
+    return Completion(text=text, **(defaults | fields))
 
 
 def copy_workflow(dest: Path) -> Path:

@@ -1,29 +1,18 @@
 from __future__ import annotations
 
-from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import completion
 
 from interpflow import prompts
 from interpflow.explain import EXPLANATION_COLUMNS, explain_latents, parse_explanation, run_explain
 from interpflow.store import read_parquet, write_parquet
 
-
-@dataclass(frozen=True)
-class FakeCompletion:
-    """Same fields as interpflow.llm.Completion."""
-
-    text: str | None
-    status: str = "ok"
-    error: str = ""
-    prompt_tokens: int = 100
-    completion_tokens: int = 10
-    cost_usd: float | None = None
-    latency_s: float = 0.5
-    cached: bool = False
-    logprobs: tuple | None = None
+# scripted replies are real Completions with this file's token counts
+FakeCompletion = partial(completion, prompt_tokens=100, completion_tokens=10, cost_usd=None, latency_s=0.5)
 
 
 class ScriptedClient:

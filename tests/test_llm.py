@@ -12,7 +12,7 @@ from interpflow.llm import LLMClient, _litellm, _retry_after, is_retryable, scru
 
 litellm = _litellm()
 from litellm.llms.custom_llm import CustomLLMError  # noqa: E402
-from litellm.types.utils import ChoiceLogprobs, Choices, Message, Usage  # noqa: E402
+from litellm.types.utils import ChoiceLogprobs, Choices, Message, PromptTokensDetailsWrapper, Usage  # noqa: E402
 
 SENTINEL = "sk-sentinel-4f1c9b7e0a"
 MODEL = "stub/echo"
@@ -43,7 +43,11 @@ class Stub(litellm.CustomLLM):
                 lp = ChoiceLogprobs(content=[{"token": "echo", "logprob": -0.1, "top_logprobs": top}])
             msg = Message(content=text, role="assistant")
             model_response.choices = [Choices(finish_reason="stop", index=0, message=msg, logprobs=lp)]
-            setattr(model_response, "usage", Usage(prompt_tokens=7, completion_tokens=3, total_tokens=10))  # noqa: B010
+            details = PromptTokensDetailsWrapper(cached_tokens=4)  # as OpenAI reports a cached prefix
+            usage = Usage(
+                prompt_tokens=7, completion_tokens=3, total_tokens=10, prompt_tokens_details=details
+            )
+            setattr(model_response, "usage", usage)  # noqa: B010
             return model_response
         finally:
             self.in_flight -= 1
@@ -78,6 +82,7 @@ def test_cache_hit_skips_the_provider(stub, tmp_path):
     assert (first[0].status, first[0].text, first[0].cached) == ("ok", "echo: hi", False)
     assert (second[0].text, second[0].cached) == ("echo: hi", True)
     assert (second[0].prompt_tokens, second[0].completion_tokens) == (7, 3)
+    assert first[0].cached_tokens == second[0].cached_tokens == 4
     key = c.cache_key(ask("hi"))
     entry = json.loads((tmp_path / key[:2] / f"{key}.json").read_text())
     assert entry["text"] == "echo: hi" and entry["status"] == "ok"

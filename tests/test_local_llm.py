@@ -108,10 +108,11 @@ def test_shared_prefix_is_not_evaluated_again(client):
     n0 = model.n_prompt_evaluated
     client.complete_many([a])
     n1 = model.n_prompt_evaluated
-    client.complete_many([b])
+    [out] = client.complete_many([b])
     n2 = model.n_prompt_evaluated
     assert n1 - n0 > common  # the system prompt was new
     assert n2 - n1 == len(pb) - common  # only the differing suffix was evaluated
+    assert out.cached_tokens == common and out.prompt_tokens == len(pb)  # reported as a cached prefix
 
 
 @pytest.mark.slow

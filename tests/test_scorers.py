@@ -5,10 +5,12 @@ import re
 import sys
 import types
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import completion
 
 from interpflow import scorers
 from interpflow.metrics import METRIC_COLUMNS
@@ -25,19 +27,8 @@ class Tok:
     top: dict = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class FakeCompletion:
-    """Same fields as interpflow.llm.Completion."""
-
-    text: str | None
-    status: str = "ok"
-    error: str = ""
-    prompt_tokens: int = 50
-    completion_tokens: int = 5
-    cost_usd: float | None = 0.001
-    latency_s: float = 0.1
-    cached: bool = False
-    logprobs: tuple | None = None
+# scripted replies are real Completions with this file's token counts
+FakeCompletion = partial(completion, prompt_tokens=50, completion_tokens=5, cost_usd=0.001, latency_s=0.1)
 
 
 def excerpts(request) -> list[str]:

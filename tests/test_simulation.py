@@ -5,10 +5,12 @@ import logging
 import math
 import re
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import completion
 
 from interpflow.simulation import (
     METRIC_COLUMNS,
@@ -35,19 +37,8 @@ class Tok:
     top: dict = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class FakeCompletion:
-    """Same fields as interpflow.llm.Completion."""
-
-    text: str | None
-    status: str = "ok"
-    error: str = ""
-    prompt_tokens: int = 100
-    completion_tokens: int = 20
-    cost_usd: float | None = 0.002
-    latency_s: float = 0.1
-    cached: bool = False
-    logprobs: tuple | None = None
+# scripted replies are real Completions with this file's token counts
+FakeCompletion = partial(completion, prompt_tokens=100, completion_tokens=20, cost_usd=0.002, latency_s=0.1)
 
 
 # ---------------------------------------------------------------------------------------------- prompts

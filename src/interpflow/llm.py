@@ -54,6 +54,8 @@ class Completion:
     """Served from the on-disk cache."""
     logprobs: tuple[TokenLogprob, ...] | None
     """Per generated token, when requested and offered by the provider."""
+    cached_tokens: int = 0
+    """Prompt tokens the provider served from its prefix cache, where it reports them (0 otherwise)."""
 
 
 def _litellm():
@@ -141,7 +143,8 @@ def _completion_from_json(d: dict, latency_s: float) -> Completion:
     lps = d["logprobs"]
     lps = None if lps is None else tuple(TokenLogprob(t["token"], float(t["logprob"]), t["top"]) for t in lps)
     fields = {k: d[k] for k in ("text", "status", "error", "prompt_tokens", "completion_tokens", "cost_usd")}
-    return Completion(**fields, latency_s=latency_s, cached=True, logprobs=lps)
+    cached_tokens = int(d.get("cached_tokens", 0))
+    return Completion(**fields, latency_s=latency_s, cached=True, logprobs=lps, cached_tokens=cached_tokens)
 
 
 class LLMClient:
@@ -308,6 +311,11 @@ class LLMClient:
         usage = getattr(response, "usage", None)
         pt = int(getattr(usage, "prompt_tokens", 0) or 0)
         ct = int(getattr(usage, "completion_tokens", 0) or 0)
+        details = getattr(usage, "prompt_tokens_details", None)
+        # OpenAI-style usage reports cached prefix tokens in prompt_tokens_details; Anthropic as cache reads
+        cached_tokens = int(
+            getattr(details, "cached_tokens", 0) or getattr(usage, "cache_read_input_tokens", 0) or 0
+        )
         choice = response.choices[0]
         text = getattr(choice.message, "content", None)
         ok = bool(text and text.strip())
@@ -315,6 +323,7 @@ class LLMClient:
             text=text if ok else None, status="ok" if ok else "error", error="" if ok else "empty reply",
             prompt_tokens=pt, completion_tokens=ct, cost_usd=self._cost(response), latency_s=latency_s,
             cached=False, logprobs=_parse_logprobs(choice) if self.logprobs else None,
+            cached_tokens=cached_tokens,
         )  # fmt: skip
 
     async def acomplete(self, messages: list[dict]) -> Completion:

@@ -281,7 +281,7 @@ class LocalChatModel:
 
 def _to_model_response(gen: Generation, model: str, model_response: Any) -> Any:
     """Fill litellm's ModelResponse so `choices[0].logprobs` reads as it does for OpenAI."""
-    from litellm.types.utils import ChoiceLogprobs, Choices, Message, Usage
+    from litellm.types.utils import ChoiceLogprobs, Choices, Message, PromptTokensDetailsWrapper, Usage
 
     logprobs = None if gen.logprobs is None else ChoiceLogprobs(content=gen.logprobs)
     message = Message(content=gen.text, role="assistant")
@@ -292,6 +292,8 @@ def _to_model_response(gen: Generation, model: str, model_response: Any) -> Any:
         prompt_tokens=gen.prompt_tokens,
         completion_tokens=gen.completion_tokens,
         total_tokens=gen.prompt_tokens + gen.completion_tokens,
+        # the prompt prefix already in llama.cpp's KV cache was not evaluated again
+        prompt_tokens_details=PromptTokensDetailsWrapper(cached_tokens=gen.prompt_tokens - gen.n_evaluated),
     )
     setattr(model_response, "usage", usage)  # noqa: B010 -- usage is not a declared field of ModelResponse
     return model_response

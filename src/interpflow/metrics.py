@@ -22,10 +22,11 @@ METRIC_COLUMNS = {
     "auroc": "float64",
     "prompt_tokens": "int64",
     "completion_tokens": "int64",
+    "cached_tokens": "int64",
     "cost_usd": "float64",
 }
 _SCORES = ("balanced_accuracy", "f1", "precision", "recall", "auroc")
-_USAGE = ("prompt_tokens", "completion_tokens", "cost_usd")
+_USAGE = ("prompt_tokens", "completion_tokens", "cached_tokens", "cost_usd")
 
 
 def binary_metrics(truth: np.ndarray, pred: np.ndarray, p_yes: np.ndarray | None = None) -> dict:
@@ -60,12 +61,16 @@ def binary_metrics(truth: np.ndarray, pred: np.ndarray, p_yes: np.ndarray | None
 def _usage_per_latent(usage: pd.DataFrame | None, latents: pd.Index) -> pd.DataFrame:
     """Prompt/completion tokens and cost summed per latent (cost NaN if any prompt's cost is unknown)."""
     if usage is None or usage.empty:
-        return pd.DataFrame({"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": np.nan}, index=latents)
+        return pd.DataFrame(
+            {"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0, "cost_usd": np.nan},
+            index=latents,
+        )
+    usage = usage.assign(cached_tokens=usage.get("cached_tokens", 0))
     g = usage.groupby("latent")
-    out = g[["prompt_tokens", "completion_tokens"]].sum()
+    out = g[["prompt_tokens", "completion_tokens", "cached_tokens"]].sum()
     out["cost_usd"] = g["cost_usd"].agg(lambda s: s.sum() if s.notna().all() else np.nan)
     out = out.reindex(latents)
-    return out.fillna({"prompt_tokens": 0, "completion_tokens": 0})
+    return out.fillna({"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0})
 
 
 def latent_metrics(

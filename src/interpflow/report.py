@@ -105,6 +105,7 @@ def costs(table: pd.DataFrame, explanations: pd.DataFrame) -> pd.DataFrame:
     stages.append(table.assign(stage="score", name=table["scorer"]))
     frame = pd.concat(stages, ignore_index=True)
     frame["cost_usd"] = frame["cost_usd"].astype("float64")
+    frame["cached_tokens"] = frame.get("cached_tokens", pd.Series(0, index=frame.index)).fillna(0)
     rows = []
     for key, g in frame.groupby(SUBJECT + ["stage", "name"], sort=True):
         spent = g[g["prompt_tokens"] > 0]
@@ -114,6 +115,7 @@ def costs(table: pd.DataFrame, explanations: pd.DataFrame) -> pd.DataFrame:
             | dict(
                 latents=len(spent),
                 prompt_tokens=int(g["prompt_tokens"].sum()),
+                cached_tokens=int(g["cached_tokens"].sum()),
                 completion_tokens=int(g["completion_tokens"].sum()),
                 prompt_tokens_per_latent=g["prompt_tokens"].sum() / n,
                 completion_tokens_per_latent=g["completion_tokens"].sum() / n,

@@ -262,10 +262,10 @@ def score_latents(
     predictions = predictions.astype(PREDICTION_COLUMNS)
     usage = pd.DataFrame(
         [
-            (lat, c.prompt_tokens, c.completion_tokens, c.cost_usd)
+            (lat, c.prompt_tokens, c.completion_tokens, c.cached_tokens, c.cost_usd)
             for (lat, _, _), c in zip(meta, completions, strict=True)
         ],
-        columns=["latent", "prompt_tokens", "completion_tokens", "cost_usd"],
+        columns=["latent", "prompt_tokens", "completion_tokens", "cached_tokens", "cost_usd"],
     ).astype({"cost_usd": "float64"})
     name = str(cfg.get("name") or kind)
     scored = latent_metrics(predictions, name, usage, kind=kind)
@@ -279,6 +279,7 @@ def score_latents(
             "n_failed": 0,
             "prompt_tokens": 0,
             "completion_tokens": 0,
+            "cached_tokens": 0,
             "cost_usd": 0.0,
         }
     )

@@ -53,6 +53,7 @@ METRIC_COLUMNS = {
     "correlation_activating": "float64",
     "prompt_tokens": "int64",
     "completion_tokens": "int64",
+    "cached_tokens": "int64",
     "cost_usd": "float64",
 }
 
@@ -351,13 +352,13 @@ def simulation_metrics(
     """One metrics row per latent, in `latents` order; `usage` has per prompt latent, tokens, cost."""
     groups = dict(tuple(predictions.groupby("latent", sort=False))) if len(predictions) else {}
     g = usage.groupby("latent")
-    spent = g[["prompt_tokens", "completion_tokens"]].sum()
+    spent = g[["prompt_tokens", "completion_tokens", "cached_tokens"]].sum()
     spent["cost_usd"] = g["cost_usd"].agg(lambda s: s.sum() if s.notna().all() else np.nan)  # NaN: unknown
     rows = []
     for lat in map(int, latents):
         if lat in unscored:
             rows.append(dict(latent=lat, status=unscored[lat], n=0, n_failed=0, prompt_tokens=0,
-                             completion_tokens=0, cost_usd=0.0))  # fmt: skip
+                             completion_tokens=0, cached_tokens=0, cost_usd=0.0))  # fmt: skip
             continue
         rows.append(dict(latent=lat, **_latent_scores(groups[lat]), **spent.loc[lat].to_dict()))
     out = pd.DataFrame(rows, columns=[*METRIC_COLUMNS]).assign(scorer=name, kind=KIND)
@@ -379,8 +380,8 @@ def score_simulation(
     empty = pd.DataFrame(columns=[*PREDICTION_COLUMNS])
     predictions = pd.concat(frames, ignore_index=True) if frames else empty
     usage = pd.DataFrame(
-        [(m[0], c.prompt_tokens, c.completion_tokens, c.cost_usd) for m, c in pairs],
-        columns=["latent", "prompt_tokens", "completion_tokens", "cost_usd"],
+        [(m[0], c.prompt_tokens, c.completion_tokens, c.cached_tokens, c.cost_usd) for m, c in pairs],
+        columns=["latent", "prompt_tokens", "completion_tokens", "cached_tokens", "cost_usd"],
     ).astype({"latent": "int64", "cost_usd": "float64"})
     metrics = simulation_metrics(predictions, usage, explanations["latent"].tolist(), unscored, name)
     return predictions.astype(PREDICTION_COLUMNS), metrics
