@@ -16,8 +16,8 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from interpflow.scorers import scorable_latents
-from interpflow.store import read_parquet, write_parquet
+from interpflow.scorers import save_scores, scorable_latents
+from interpflow.store import read_parquet
 
 log = logging.getLogger(__name__)
 
@@ -217,14 +217,5 @@ def run_embedding(
     if model is None:
         model = load_embedder(str(cfg.get("model", DEFAULT_EMBEDDER)), str(cfg.get("device", "auto")))
     predictions, metrics = score_latents(examples, explanations, cfg, model)
-    write_parquet(predictions, predictions_out)
-    write_parquet(metrics, metrics_out)
-    log.info(
-        "%s: %d latents (%d scored), %d windows, %d failed; %.1f s",
-        cfg.get("name") or cfg.get("kind"),
-        len(metrics),
-        int((metrics["status"] == "ok").sum()),
-        len(predictions),
-        int((predictions["status"] != "ok").sum()),
-        time.perf_counter() - t0,
-    )
+    name = str(cfg.get("name") or cfg.get("kind"))
+    save_scores(predictions, metrics, predictions_out, metrics_out, name, time.perf_counter() - t0)

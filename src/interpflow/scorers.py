@@ -8,6 +8,7 @@ logprobs, each label's P(1) against P(0) gives a score for AUROC.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -20,7 +21,7 @@ import pandas as pd
 from interpflow import prompts
 from interpflow.metrics import METRIC_COLUMNS, latent_metrics
 from interpflow.sampling import select_test_examples
-from interpflow.store import read_parquet, write_parquet
+from interpflow.store import atomic_path, read_parquet, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -290,6 +291,57 @@ def score_latents(
     return predictions, metrics.astype(METRIC_COLUMNS)
 
 
+def save_scores(
+    predictions: pd.DataFrame,
+    metrics: pd.DataFrame,
+    predictions_out,
+    metrics_out,
+    name: str,
+    seconds: float,
+    schema=None,
+) -> None:
+    """Write a scorer's two tables atomically and log what it did (latents, units, failures, tokens)."""
+    with atomic_path(predictions_out) as tmp:
+        predictions.to_parquet(tmp, index=False, schema=schema)
+    write_parquet(metrics, metrics_out)
+    tokens = metrics.get("prompt_tokens", pd.Series(dtype=int)).sum()
+    log.info(
+        "%s: %d latents (%d scored), %d units, %d failed; %d prompt + %d completion tokens; %.1f s", name,
+        len(metrics), int((metrics["status"] == "ok").sum()), len(predictions),
+        int((predictions["status"] != "ok").sum()), tokens,
+        metrics.get("completion_tokens", pd.Series(dtype=int)).sum(), seconds,
+    )  # fmt: skip
+
+
+def run_llm_scorer(
+    score,
+    llm_cfg: dict,
+    examples_path,
+    explanations_path,
+    cfg: dict,
+    predictions_out,
+    metrics_out,
+    *,
+    cache_dir,
+    local_gguf=None,
+    client=None,
+    schema=None,
+) -> None:
+    """Workflow step of an LLM scorer: `score(examples, explanations, cfg, client)` over one shard, saved."""
+    from interpflow.llm import LLMClient
+
+    t0 = time.perf_counter()
+    examples, explanations = read_parquet(examples_path), read_parquet(explanations_path)
+    with (
+        contextlib.nullcontext(client)
+        if client is not None
+        else LLMClient.from_config(llm_cfg, cache_dir=cache_dir, local_gguf=local_gguf)
+    ) as judge:
+        predictions, metrics = score(examples, explanations, cfg, judge)
+    name = str(cfg.get("name") or cfg.get("kind"))
+    save_scores(predictions, metrics, predictions_out, metrics_out, name, time.perf_counter() - t0, schema)
+
+
 def run_score(
     examples_path: str | os.PathLike,
     explanations_path: str | os.PathLike,
@@ -304,27 +356,8 @@ def run_score(
     """Workflow step: judge a shard's explanations, write predictions-{shard} and metrics-{shard}.parquet."""
     if client is None and "llm" not in cfg:
         raise ValueError("scorer config needs an 'llm' section")
-    t0 = time.perf_counter()
-    examples, explanations = read_parquet(examples_path), read_parquet(explanations_path)
-    if client is None:
-        from interpflow.llm import LLMClient
-
-        llm_cfg = {"logprobs": True, **cfg["llm"]}  # P(yes) for AUROC needs the label tokens' logprobs
-        with LLMClient.from_config(llm_cfg, cache_dir=cache_dir, local_gguf=local_gguf) as owned:
-            predictions, metrics = score_latents(examples, explanations, cfg, owned)
-    else:
-        predictions, metrics = score_latents(examples, explanations, cfg, client)
-    write_parquet(predictions, predictions_out)
-    write_parquet(metrics, metrics_out)
-    failed = int((predictions["status"] != "ok").sum())
-    log.info(
-        "%s: %d latents (%d scored), %d examples, %d failed; %d prompt + %d completion tokens; %.1f s",
-        cfg.get("name") or cfg.get("kind"),
-        len(metrics),
-        int((metrics["status"] == "ok").sum()),
-        len(predictions),
-        failed,
-        metrics["prompt_tokens"].sum(),
-        metrics["completion_tokens"].sum(),
-        time.perf_counter() - t0,
-    )
+    llm_cfg = {"logprobs": True, **cfg.get("llm", {})}  # P(yes) for AUROC needs the label tokens' logprobs
+    run_llm_scorer(
+        score_latents, llm_cfg, examples_path, explanations_path, cfg, predictions_out, metrics_out,
+        cache_dir=cache_dir, local_gguf=local_gguf, client=client,
+    )  # fmt: skip

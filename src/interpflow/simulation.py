@@ -15,14 +15,13 @@ import json
 import logging
 import os
 import re
-import time
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
-from interpflow.scorers import scorable_latents
-from interpflow.store import atomic_path, read_parquet
+from interpflow.scorers import run_llm_scorer, scorable_latents
+from interpflow.store import read_parquet
 
 log = logging.getLogger(__name__)
 
@@ -428,24 +427,8 @@ def run_simulation(
     """Workflow step: simulate a shard's explanations; write predictions-{shard}, metrics-{shard}.parquet."""
     if client is None and "llm" not in cfg:
         raise ValueError("scorer config needs an 'llm' section")
-    t0 = time.perf_counter()
-    examples, explanations = read_parquet(examples_path), read_parquet(explanations_path)
-    if client is None:
-        from interpflow.llm import LLMClient
-
-        llm = llm_config(cfg, examples)
-        with LLMClient.from_config(llm, cache_dir=cache_dir, local_gguf=local_gguf) as owned:
-            predictions, metrics = score_simulation(examples, explanations, cfg, owned)
-    else:
-        predictions, metrics = score_simulation(examples, explanations, cfg, client)
-    with atomic_path(predictions_out) as tmp:
-        predictions.to_parquet(tmp, index=False, schema=_predictions_schema())
-    with atomic_path(metrics_out) as tmp:
-        metrics.to_parquet(tmp, index=False)
-    log.info(
-        "%s: %d latents (%d scored), %d windows, %d failed, %d with expected values; "
-        "%d prompt + %d completion tokens; %.1f s",
-        cfg.get("name") or KIND, len(metrics), int((metrics["status"] == "ok").sum()), len(predictions),
-        int((predictions["status"] != "ok").sum()), int(predictions["expected"].sum()),
-        metrics["prompt_tokens"].sum(), metrics["completion_tokens"].sum(), time.perf_counter() - t0,
+    llm = llm_config(cfg, read_parquet(examples_path)) if client is None else {}
+    run_llm_scorer(
+        score_simulation, llm, examples_path, explanations_path, cfg, predictions_out, metrics_out,
+        cache_dir=cache_dir, local_gguf=local_gguf, client=client, schema=_predictions_schema(),
     )  # fmt: skip

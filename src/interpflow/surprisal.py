@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from interpflow.embedding import auroc_metrics, check_caps, class_mean, select_windows
-from interpflow.store import read_parquet, write_parquet
+from interpflow.scorers import save_scores
+from interpflow.store import read_parquet
 
 log = logging.getLogger(__name__)
 
@@ -174,14 +175,5 @@ def run_surprisal(
 
         tokenizer = load_tokenizer(model_spec)
     predictions, metrics = score_latents(examples, explanations, cfg, model, tokenizer)
-    write_parquet(predictions, predictions_out)
-    write_parquet(metrics, metrics_out)
-    log.info(
-        "%s: %d latents (%d scored), %d windows, %d failed; %.1f s",
-        cfg.get("name") or cfg.get("kind"),
-        len(metrics),
-        int((metrics["status"] == "ok").sum()),
-        len(predictions),
-        int((predictions["status"] != "ok").sum()),
-        time.perf_counter() - t0,
-    )
+    name = str(cfg.get("name") or cfg.get("kind"))
+    save_scores(predictions, metrics, predictions_out, metrics_out, name, time.perf_counter() - t0)
