@@ -30,7 +30,7 @@ PROSE = [
     "The painter mixed blue and white until the sky looked just right.",
 ]
 METRIC_BASE = ["latent", "scorer", "kind", "status", "n", "n_failed", "score", "auroc"]
-USAGE = ["prompt_tokens", "completion_tokens", "cost_usd"]
+USAGE = ["prompt_tokens", "completion_tokens", "cached_tokens", "cost_usd"]
 
 
 def window(latent: int, example_id: int, text: str, activating: bool, split: str = "test") -> dict:
@@ -125,7 +125,7 @@ def test_hand_computed_auroc_with_a_fake_embedder():
     assert m.loc[6, ["status", "n", "n_failed"]].tolist() == ["empty_text", 0, 1]
     assert m.loc[7, ["status", "n", "n_failed"]].tolist() == ["no_explanation: llm_error", 0, 0]
     assert np.isnan(m.loc[[6, 7], "score"]).all()
-    assert (met[USAGE[:2]] == 0).all().all() and (met["cost_usd"] == 0.0).all()
+    assert (met[USAGE[:3]] == 0).all().all() and (met["cost_usd"] == 0.0).all()
 
 
 def test_missing_windows_caps_and_one_class():

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
+from interpflow.metrics import HEAD_COLUMNS, NO_USAGE, USAGE_COLUMNS
 from interpflow.scorers import save_scores, scorable_latents
 from interpflow.store import read_parquet
 
@@ -31,17 +32,7 @@ PREDICTION_COLUMNS = {
     "status": "object",
     "error": "object",
 }
-USAGE_COLUMNS = {"prompt_tokens": "int64", "completion_tokens": "int64", "cost_usd": "float64"}
-BASE_COLUMNS = {
-    "latent": "int64",
-    "scorer": "object",
-    "kind": "object",
-    "status": "object",
-    "n": "int64",
-    "n_failed": "int64",
-    "score": "float64",
-    "auroc": "float64",
-}
+BASE_COLUMNS = HEAD_COLUMNS | {"auroc": "float64"}
 
 
 def check_caps(cfg: dict) -> None:
@@ -127,7 +118,7 @@ def auroc_metrics(
     columns = BASE_COLUMNS | dict.fromkeys(means, "float64")
     out = pd.DataFrame(rows, columns=[*columns]).astype(columns)
     # no LLM is called: zero tokens, and a local model costs nothing
-    return out.assign(prompt_tokens=0, completion_tokens=0, cost_usd=0.0).astype(USAGE_COLUMNS)
+    return out.assign(**NO_USAGE).astype(USAGE_COLUMNS)
 
 
 def class_mean(column: str, activating: bool) -> Callable[[pd.DataFrame], float]:

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from interpflow.activations import decoder_layers, hidden_states, parse_hookpoint
+from interpflow.metrics import NO_USAGE, metric_columns
 from interpflow.store import read_parquet, write_parquet
 
 log = logging.getLogger(__name__)
@@ -46,11 +47,7 @@ PREDICTION_COLUMNS = (
     | dict.fromkeys(["logp_clean", "logp_steered", "alpha", "kl"], _F)
     | {"status": _O, "error": _O}
 )
-METRIC_COLUMNS = (
-    {"latent": _I, "scorer": _O, "kind": _O, "status": _O, "n": _I, "n_failed": _I}
-    | dict.fromkeys(["score", "alpha", "kl", "resid_norm"], _F)
-    | {"prompt_tokens": _I, "completion_tokens": _I, "cost_usd": _F}
-)
+METRIC_COLUMNS = metric_columns("alpha", "kl", "resid_norm")
 
 
 @contextlib.contextmanager
@@ -300,10 +297,9 @@ def score_latents(
     preds = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*PREDICTION_COLUMNS])
     name = str(cfg.get("name") or cfg.get("kind") or "intervention")
     # prompt_tokens etc. stay 0: the scorer is a local model outside the LLM client
-    usage = {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
     metrics = pd.DataFrame(mrows).reindex(columns=[*METRIC_COLUMNS])
     metrics = metrics.assign(
-        scorer=name, kind="intervention", resid_norm=s.resid_norm if s else np.nan, **usage
+        scorer=name, kind="intervention", resid_norm=s.resid_norm if s else np.nan, **NO_USAGE
     )
     return preds[[*PREDICTION_COLUMNS]].astype(PREDICTION_COLUMNS), metrics.astype(METRIC_COLUMNS)
 

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-METRIC_COLUMNS = {
+HEAD_COLUMNS = {
     "latent": "int64",
     "scorer": "object",
     "kind": "object",
@@ -15,16 +15,22 @@ METRIC_COLUMNS = {
     "n": "int64",
     "n_failed": "int64",
     "score": "float64",
-    "balanced_accuracy": "float64",
-    "f1": "float64",
-    "precision": "float64",
-    "recall": "float64",
-    "auroc": "float64",
+}
+USAGE_COLUMNS = {
     "prompt_tokens": "int64",
     "completion_tokens": "int64",
     "cached_tokens": "int64",
     "cost_usd": "float64",
 }
+NO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0, "cost_usd": 0.0}
+
+
+def metric_columns(*metrics: str) -> dict[str, str]:
+    """Every scorer's metrics table: the shared head, its own float metrics, then token usage and cost."""
+    return HEAD_COLUMNS | dict.fromkeys(metrics, "float64") | USAGE_COLUMNS
+
+
+METRIC_COLUMNS = metric_columns("balanced_accuracy", "f1", "precision", "recall", "auroc")
 _SCORES = ("balanced_accuracy", "f1", "precision", "recall", "auroc")
 _USAGE = ("prompt_tokens", "completion_tokens", "cached_tokens", "cost_usd")
 

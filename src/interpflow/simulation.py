@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from interpflow.metrics import metric_columns
 from interpflow.scorers import run_llm_scorer, scorable_latents
 from interpflow.store import read_parquet
 
@@ -40,21 +41,7 @@ PREDICTION_COLUMNS = {
     "status": "object",
     "error": "object",
 }
-METRIC_COLUMNS = {
-    "latent": "int64",
-    "scorer": "object",
-    "kind": "object",
-    "status": "object",
-    "n": "int64",
-    "n_failed": "int64",
-    "score": "float64",
-    "correlation": "float64",
-    "correlation_activating": "float64",
-    "prompt_tokens": "int64",
-    "completion_tokens": "int64",
-    "cached_tokens": "int64",
-    "cost_usd": "float64",
-}
+METRIC_COLUMNS = metric_columns("correlation", "correlation_activating")
 
 _TASK = """\
 You predict where a latent of a language model is active. A latent is an internal feature that becomes \
