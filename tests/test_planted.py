@@ -75,6 +75,7 @@ def test_local_judge_prefers_the_right_explanation(qwen_gguf):
         predictions, metrics = judge_scores(examples[keep], explanations, cfg, client)
     by = metrics.set_index("latent")
     assert by.loc[0, "n"] == 10 and by.loc[0, "n_failed"] == 0
-    assert by.loc[0, "auroc"] > by.loc[1, "auroc"] and by.loc[0, "balanced_accuracy"] >= 0.7
+    # the small judge's yes/no threshold drifts, so its P(yes) ranking (AUROC) is the reliable signal
+    assert by.loc[0, "auroc"] > 0.75 and by.loc[0, "auroc"] - by.loc[1, "auroc"] > 0.2
     assert by.loc[2, "status"] == "no_explanation: parse_error"
     assert np.isfinite(predictions.loc[predictions["latent"] == 0, "p_yes"]).all()
