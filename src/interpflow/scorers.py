@@ -315,7 +315,7 @@ def save_scores(
 
 def run_llm_scorer(
     score,
-    llm_cfg: dict,
+    llm_cfg,
     examples_path,
     explanations_path,
     cfg: dict,
@@ -327,11 +327,16 @@ def run_llm_scorer(
     client=None,
     schema=None,
 ) -> None:
-    """Workflow step of an LLM scorer: `score(examples, explanations, cfg, client)` over one shard, saved."""
+    """Workflow step of an LLM scorer: `score(examples, explanations, cfg, client)` over one shard, saved.
+
+    `llm_cfg` is the client's config, or a function of the shard's examples returning it.
+    """
     from interpflow.llm import LLMClient
 
     t0 = time.perf_counter()
     examples, explanations = read_parquet(examples_path), read_parquet(explanations_path)
+    if callable(llm_cfg) and client is None:
+        llm_cfg = llm_cfg(examples)
     with (
         contextlib.nullcontext(client)
         if client is not None

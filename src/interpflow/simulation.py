@@ -22,7 +22,6 @@ import pandas as pd
 
 from interpflow.metrics import metric_columns
 from interpflow.scorers import run_llm_scorer, scorable_latents
-from interpflow.store import read_parquet
 
 log = logging.getLogger(__name__)
 
@@ -414,8 +413,8 @@ def run_simulation(
     """Workflow step: simulate a shard's explanations; write predictions-{shard}, metrics-{shard}.parquet."""
     if client is None and "llm" not in cfg:
         raise ValueError("scorer config needs an 'llm' section")
-    llm = llm_config(cfg, read_parquet(examples_path)) if client is None else {}
     run_llm_scorer(
-        score_simulation, llm, examples_path, explanations_path, cfg, predictions_out, metrics_out,
+        score_simulation, lambda examples: llm_config(cfg, examples), examples_path, explanations_path, cfg,
+        predictions_out, metrics_out,
         cache_dir=cache_dir, local_gguf=local_gguf, client=client, schema=_predictions_schema(),
     )  # fmt: skip
