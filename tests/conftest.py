@@ -2,6 +2,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from interpflow.llm import Completion
@@ -40,6 +41,17 @@ def completion(text: str | None, **fields):
     defaults = dict(status="ok", error="", prompt_tokens=100, completion_tokens=10, cost_usd=None,
                     latency_s=0.1, cached=False, logprobs=None)  # fmt: skip
     return Completion(text=text, **(defaults | fields))
+
+
+def example_row(latent, example_id, split, activating, tokens, acts, seq=None) -> dict:
+    """One row of the README's examples/shard schema (seq defaults to the example id)."""
+    acts = np.asarray(acts, dtype=np.float32)
+    return dict(
+        latent=latent, example_id=example_id, split=split, activating=activating,
+        seq=example_id if seq is None else seq, start=0, tokens=np.arange(len(tokens), dtype=np.int32),
+        token_strs=list(tokens), acts=acts, max_act=float(acts.max(initial=0)),
+        quantile=0 if activating else -1,
+    )  # fmt: skip
 
 
 def copy_workflow(dest: Path) -> Path:

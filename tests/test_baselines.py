@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import example_row
 
 from interpflow.baselines import (
     derangement,
@@ -19,20 +20,7 @@ from interpflow.store import read_parquet, write_parquet
 
 
 def _window(latent, example_id, split, activating, tokens, acts):
-    acts = np.asarray(acts, dtype=np.float32)
-    return dict(
-        latent=latent,
-        example_id=example_id,
-        split=split,
-        activating=activating,
-        seq=latent * 100 + example_id,
-        start=0,
-        tokens=np.arange(len(tokens), dtype=np.int32),
-        token_strs=tokens,
-        acts=acts,
-        max_act=float(acts.max(initial=0)),
-        quantile=0 if activating else -1,
-    )
+    return example_row(latent, example_id, split, activating, tokens, acts, seq=latent * 100 + example_id)
 
 
 def _digit_shard() -> tuple[pd.DataFrame, pd.DataFrame]:

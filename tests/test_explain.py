@@ -5,7 +5,7 @@ from functools import partial
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import completion
+from conftest import completion, example_row
 
 from interpflow import prompts
 from interpflow.explain import EXPLANATION_COLUMNS, explain_latents, parse_explanation, run_explain
@@ -74,22 +74,7 @@ def test_parse_explanation_rejects(reply, reason):
     assert reason in error
 
 
-def _window(latent, example_id, split, activating, tokens, acts):
-    """One examples row in the README's examples/shard schema."""
-    acts = np.asarray(acts, dtype=np.float32)
-    return dict(
-        latent=latent,
-        example_id=example_id,
-        split=split,
-        activating=activating,
-        seq=example_id,
-        start=0,
-        tokens=np.arange(len(tokens), dtype=np.int32),
-        token_strs=tokens,
-        acts=acts,
-        max_act=float(acts.max(initial=0)),
-        quantile=0 if activating else -1,
-    )
+_window = example_row
 
 
 def _tiny_shard():

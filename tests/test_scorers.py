@@ -10,7 +10,7 @@ from functools import partial
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import completion
+from conftest import completion, example_row
 
 from interpflow import scorers
 from interpflow.metrics import METRIC_COLUMNS
@@ -64,21 +64,7 @@ class Judge:
         return out
 
 
-def _window(latent, example_id, split, activating, tokens, acts):
-    acts = np.asarray(acts, dtype=np.float32)
-    return dict(
-        latent=latent,
-        example_id=example_id,
-        split=split,
-        activating=activating,
-        seq=example_id,
-        start=0,
-        tokens=np.arange(len(tokens), dtype=np.int32),
-        token_strs=list(tokens),
-        acts=acts,
-        max_act=float(acts.max(initial=0)),
-        quantile=0 if activating else -1,
-    )
+_window = example_row
 
 
 def shard(latents=(10, 11), n_pos=10, n_neg=10):
