@@ -22,6 +22,7 @@ include: "rules/latents.smk"
 include: "rules/sampling.smk"
 include: "rules/explain.smk"
 include: "rules/score.smk"
+include: "rules/crosslayer.smk"
 include: "rules/summary.smk"
 
 

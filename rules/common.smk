@@ -1,4 +1,6 @@
+import itertools
 import math
+import os
 import re
 
 from interpflow.config import check_config, run_combinations
@@ -10,7 +12,12 @@ PKG = "src/interpflow"
 NAME = "[A-Za-z0-9][A-Za-z0-9_.-]*"
 
 
+HOOKPOINT = r"(?:resid_post|attn_out|mlp_out|mlp_in|mlp_act)\.\d+"
+
+
 wildcard_constraints:
+    hookpoint_a=HOOKPOINT,
+    hookpoint_b=HOOKPOINT,
     corpus=NAME,
     model=NAME,
     hookpoint=NAME,
@@ -31,14 +38,123 @@ def slice_of(section, key):
     return lambda w: config[section][getattr(w, key)]
 
 
+def shard_size(dictionary):
+    """Latents per shard file of a dictionary: its own setting, else the store's."""
+    return config["dictionaries"][dictionary]["shard_size"] or config["latent_store"]["shard_size"]
+
+
 def n_shards(dictionary):
-    return math.ceil(config["dictionaries"][dictionary]["width"] / config["latent_store"]["shard_size"])
+    return math.ceil(config["dictionaries"][dictionary]["width"] / shard_size(dictionary))
 
 
 def names_of(section, *kinds):
     """A wildcard regex matching exactly the entries of a section with one of these kinds."""
     names = [n for n, entry in config[section].items() if entry.get("kind", "llm") in kinds]
     return "|".join(re.escape(n) for n in names) or "(?!)"
+
+
+def wants_gpu(device):
+    """1 when a job's device setting asks for CUDA ('auto': when this host has an NVIDIA device), else 0."""
+    return int(device.startswith("cuda") or (device == "auto" and os.path.exists("/dev/nvidiactl")))
+
+
+def gpu_count(w):
+    """The GPUs a model-running job declares: the model's device setting decides."""
+    return wants_gpu(config["models"][w.model]["device"])
+
+
+def run_hookpoints():
+    """{(corpus, model): sorted hookpoints} over every run of the config."""
+    groups = {}
+    for c in run_combinations(config):
+        groups.setdefault((c["corpus"], c["model"]), set()).add(c["hookpoint"])
+    return {key: sorted(hps) for key, hps in groups.items()}
+
+
+def pending_hookpoints():
+    """(corpus, model, hookpoints) whose activations are all missing, when more than one: one pass makes them."""
+    for (corpus, model), hps in run_hookpoints().items():
+        missing = [h for h in hps if not os.path.exists(f"results/{corpus}/{model}/{h}/activations.h5")]
+        if len(missing) > 1:
+            yield corpus, model, missing
+
+
+def dictionary_source(w):
+    """What a dictionary is made from: the trained SAE, the subject model (neurons) or the files on disk."""
+    d = config["dictionaries"][w.dictionary]
+    if d["kind"] == "topk-sae":
+        return expand(rules.train_sae.output.cfg, **w)
+    if d["kind"] == "neurons":
+        return f"results/models/{w.model}/model.json"
+    if d["kind"] == "pretrained":
+        layer = w.hookpoint.rsplit(".", 1)[1]
+        return d["path"].format(layer=layer, hookpoint=w.hookpoint)
+    return []
+
+
+def site_layer(hookpoint):
+    site, layer = hookpoint.rsplit(".", 1)
+    return site, int(layer)
+
+
+def layer_pairs():
+    """One record per (run, dictionary, same-site hookpoint pair, non-random explainer) to align across layers."""
+    cl = config["cross_layer"]
+    records = {}
+    for run in config["runs"] if cl["enabled"] else ():
+        hookpoints = sorted(run["hookpoints"], key=site_layer)
+        for a, b in itertools.combinations(hookpoints, 2):
+            (site_a, layer_a), (site_b, layer_b) = site_layer(a), site_layer(b)
+            if site_a != site_b or (cl["max_distance"] and layer_b - layer_a > cl["max_distance"]):
+                continue
+            for dictionary, explainer in itertools.product(run["dictionaries"], run["explainers"]):
+                if config["explainers"][explainer].get("kind", "llm") == "random":
+                    continue
+                w = dict(corpus=run["corpus"], model=run["model"], dictionary=dictionary, hookpoint_a=a,
+                         hookpoint_b=b, sampler=run["sampler"], explainer=explainer)  # fmt: skip
+                w["similarity"] = expand(rules.compare_layer_explanations.output[0], **w)[0]
+                w["matches"] = expand(rules.match_layers.output[0], **w)[0]
+                w["distance"] = layer_b - layer_a
+                records[w["similarity"]] = w
+    return list(records.values())
+
+
+def match_latents_dirs(w):
+    """Both layers' latent stores, read only when activation correlation enters the matching."""
+    if not config["cross_layer"]["corr_weight"]:
+        return []
+    base = f"results/{w.corpus}/{w.model}"
+    return [f"{base}/{h}/{w.dictionary}/latents" for h in (w.hookpoint_a, w.hookpoint_b)]
+
+
+def shard_explanations(w, hookpoint):
+    """Every shard's explanations of one dictionary at one hookpoint."""
+    return expand(
+        "results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/explanations-{shard}.parquet",
+        corpus=w.corpus, model=w.model, hookpoint=hookpoint, dictionary=w.dictionary, sampler=w.sampler,
+        explainer=w.explainer, shard=range(n_shards(w.dictionary)),
+    )  # fmt: skip
+
+
+def partner_matches(w):
+    """With latents.partners, the matches from the nearest lower layer of the same site in a run, if any."""
+    if not config["samplers"][w.sampler]["latents"]["partners"]:
+        return []
+    site, layer = site_layer(w.hookpoint)
+    below = [
+        h
+        for run in config["runs"]
+        if (run["corpus"], run["model"], run["sampler"]) == (w.corpus, w.model, w.sampler)
+        and w.dictionary in run["dictionaries"]
+        and w.hookpoint in run["hookpoints"]
+        for h in run["hookpoints"]
+        if site_layer(h)[0] == site and site_layer(h)[1] < layer
+    ]
+    if not below:
+        return []
+    a = max(below, key=site_layer)
+    return expand(rules.match_layers.output[0], corpus=w.corpus, model=w.model, dictionary=w.dictionary,
+                  hookpoint_a=a, hookpoint_b=w.hookpoint)  # fmt: skip
 
 
 def scorer_model(w):
@@ -54,6 +170,16 @@ def llm_gguf(llm):
     return llm["gguf"] or f"results/llm/{llm['model'].removeprefix('local/')}.gguf"
 
 
+def subject_kind(dictionary, explainer):
+    """What a score describes, for comparing subjects: the kind of dictionary, or a baseline explainer."""
+    e, d = config["explainers"][explainer].get("kind", "llm"), config["dictionaries"][dictionary]
+    if d["kind"] == "neurons":
+        label = "neurons" if d["k"] is None else f"neurons top-{d['k']}"
+    else:
+        label = {"topk-sae": "trained SAE", "random-sae": "random SAE"}.get(d["kind"], f"{d['format']} SAE")
+    return label if e == "llm" else f"{label}, {dict(random='random explanation').get(e, e)}"
+
+
 def scored_shards():
     """One record per (run combination, shard): its wildcard values and its metrics and explanations files."""
     records = []
@@ -63,6 +189,7 @@ def scored_shards():
             records.append(
                 dict(
                     w,
+                    subject=subject_kind(c["dictionary"], c["explainer"]),
                     metrics=expand(rules.score.output.metrics, **w)[0],
                     explanations=expand(rules.explain.output[0], **w)[0],
                 )
@@ -71,4 +198,4 @@ def scored_shards():
 
 
 def all_targets():
-    return rules.summarize.output
+    return [*rules.summarize.output, *(rules.summarize_crosslayer.output if layer_pairs() else [])]

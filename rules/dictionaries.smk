@@ -1,3 +1,5 @@
+# Every dictionary, trained here or not, ends as one folder in a common format (dictionary.json and
+# dictionary.safetensors) that encoding, steering and cross-layer matching read.
 rule train_sae:
     input:
         activations="results/{corpus}/{model}/{hookpoint}/activations.h5",
@@ -7,12 +9,37 @@ rule train_sae:
         cfg="results/{corpus}/{model}/{hookpoint}/{dictionary}/sae/cfg.json",
     log:
         "logs/{corpus}/{model}/{hookpoint}/{dictionary}/train_sae.log",
+    wildcard_constraints:
+        dictionary=names_of("dictionaries", "topk-sae"),
+    conda:
+        "../envs/interpflow.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        gpu=gpu_count,
+    params:
+        cfg=slice_of("dictionaries", "dictionary"),
+    script:
+        "../workflow/scripts/train_sae.py"
+
+
+rule prepare_dictionary:
+    input:
+        activations="results/{corpus}/{model}/{hookpoint}/activations.h5",
+        source=dictionary_source,
+        code=code("dictionaries", "sae", "activations", "models"),
+    output:
+        cfg="results/{corpus}/{model}/{hookpoint}/{dictionary}/dictionary/dictionary.json",
+        weights="results/{corpus}/{model}/{hookpoint}/{dictionary}/dictionary/dictionary.safetensors",
+    log:
+        "logs/{corpus}/{model}/{hookpoint}/{dictionary}/prepare_dictionary.log",
     conda:
         "../envs/interpflow.yaml"
     threads: 2
     resources:
         mem_mb=8000,
     params:
-        cfg=slice_of("dictionaries", "dictionary"),
+        cfg=lambda w: dict(config["dictionaries"][w.dictionary], name=w.dictionary),
+        model_cfg=slice_of("models", "model"),
     script:
-        "../workflow/scripts/train_sae.py"
+        "../workflow/scripts/prepare_dictionary.py"

@@ -2,8 +2,8 @@
 rule encode_latents:
     input:
         activations="results/{corpus}/{model}/{hookpoint}/activations.h5",
-        sae="results/{corpus}/{model}/{hookpoint}/{dictionary}/sae/cfg.json",
-        code=code("latents", "sae"),
+        dictionary="results/{corpus}/{model}/{hookpoint}/{dictionary}/dictionary/dictionary.json",
+        code=code("latents", "dictionaries"),
     output:
         directory("results/{corpus}/{model}/{hookpoint}/{dictionary}/latents"),
     log:
@@ -13,8 +13,9 @@ rule encode_latents:
     threads: 2
     resources:
         mem_mb=8000,
+        gpu=gpu_count,
     params:
-        store=config["latent_store"],
+        store=lambda w: dict(config["latent_store"], shard_size=shard_size(w.dictionary)),
         width=lambda w: config["dictionaries"][w.dictionary]["width"],
     script:
         "../workflow/scripts/encode_latents.py"

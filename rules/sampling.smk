@@ -3,6 +3,7 @@ rule sample_examples:
         tokens="results/{corpus}/{model}/tokens.h5",
         vocab="results/models/{model}/vocab.parquet",
         latents="results/{corpus}/{model}/{hookpoint}/{dictionary}/latents",
+        matches=partner_matches,
         code=code("sampling", "latents"),
     output:
         examples="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/examples/shard-{shard}.parquet",
@@ -15,5 +16,7 @@ rule sample_examples:
         mem_mb=4000,
     params:
         cfg=slice_of("samplers", "sampler"),
+        shard_size=lambda w: shard_size(w.dictionary),
+        width=lambda w: config["dictionaries"][w.dictionary]["width"],
     script:
         "../workflow/scripts/sample_examples.py"

@@ -77,10 +77,10 @@ rule score_surprisal:
 rule score_intervention:
     input:
         explanations="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/explanations-{shard}.parquet",
-        sae="results/{corpus}/{model}/{hookpoint}/{dictionary}/sae/cfg.json",
+        dictionary="results/{corpus}/{model}/{hookpoint}/{dictionary}/dictionary/dictionary.json",
         subject="results/models/{model}/model.json",
         scorer_model=scorer_model,
-        code=code("intervention", "sae", "activations", "models", "metrics"),
+        code=code("intervention", "dictionaries", "activations", "models", "metrics"),
     output:
         predictions="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/{scorer}/predictions-{shard}.parquet",
         metrics="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/{scorer}/metrics-{shard}.parquet",

@@ -6,10 +6,14 @@ rule summarize:
     output:
         table="results/summary/latents.parquet",
         aggregates="results/summary/aggregates.parquet",
+        subjects="results/summary/subjects.parquet",
         correlations="results/summary/correlations.parquet",
         costs="results/summary/costs.parquet",
         figure=report(
             "results/summary/scores.png", category="Scores", caption="../workflow/report/scores.rst"
+        ),
+        subjects_figure=report(
+            "results/summary/subjects.png", category="Scores", caption="../workflow/report/subjects.rst"
         ),
         heatmap=report(
             "results/summary/correlations.png",

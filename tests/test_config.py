@@ -78,3 +78,31 @@ def test_kind_specific_requirements_are_named():
     assert "scorers.detection.llm: required for kind 'detection'" in message
     assert "explainers.random.source: must name an LLM explainer, got 'top-tokens'" in message
     assert "scorers.surprisal.scorer_model: 'llama-8b' is not defined under 'models'" in message
+
+
+def test_dictionary_kinds_need_their_keys_and_hookpoints():
+    config = load("tests/data/tiny.yaml")
+    config["dictionaries"]["rand"] = {"kind": "random-sae", "width": 16, "k": None}
+    config["dictionaries"]["disk"] = {"kind": "pretrained", "width": 16, "format": None, "path": None}
+    config["dictionaries"]["wide-k"] = {"kind": "topk-sae", "width": 16, "k": 32}
+    config["runs"][0]["dictionaries"].append("neurons-top8")  # on resid_post.3: not neurons
+    with pytest.raises(ValueError) as err:
+        check_config(config)
+    msg = str(err.value)
+    for part in [
+        "dictionaries.rand.k: required for kind 'random-sae'",
+        "dictionaries.disk.format: required for kind 'pretrained'",
+        "dictionaries.disk.path: required for kind 'pretrained'",
+        "dictionaries.wide-k.k: 32 exceeds width 16",
+        "runs[0]: dictionary 'neurons-top8' (neurons) reads MLP neurons (mlp_act.<layer>), not ['resid_post.3']",
+    ]:
+        assert part in msg
+
+
+def test_hookpoint_sites_are_checked_by_the_schema():
+    config = yaml.safe_load((REPO / "tests/data/tiny.yaml").read_text())
+    config["runs"][0]["hookpoints"] = ["mlp_out.2", "attn_out.2", "mlp_in.2", "mlp_act.2"]
+    validate(config, SCHEMA)
+    config["runs"][0]["hookpoints"] = ["mlp.2"]
+    with pytest.raises(WorkflowError, match="mlp.2"):
+        validate(config, SCHEMA)

@@ -21,10 +21,12 @@ from interpflow.intervention import (
     steer,
 )
 from interpflow.models import load_model
+from interpflow.dictionaries import from_topk_sae
 from interpflow.sae import TopKSAE
 from interpflow.store import read_parquet, write_parquet
 
 LAYER = 10  # of SmolLM2-135M's 30
+HP, NEXT = f"resid_post.{LAYER}", f"resid_post.{LAYER + 1}"
 DIGITS = [
     "The numbers are 12, 45, 78, 90, 33, 61, 27 and 84.",
     "In 1998 there were 3,456 cases; in 2004, 7,891.",
@@ -78,23 +80,23 @@ def test_steer_adds_the_vector_at_the_hookpoint(smollm2):
     model, tok = smollm2
     ids = torch.tensor([ids_of(tok, "The cat sat on the mat and looked outside.")])
     v = 20 * torch.randn(576, generator=torch.Generator().manual_seed(0))
-    clean = hidden_states(model, ids, [LAYER, LAYER + 1])
-    with torch.no_grad(), steer(model, LAYER, v):
-        steered = hidden_states(model, ids, [LAYER, LAYER + 1])
+    clean = hidden_states(model, ids, [HP, NEXT])
+    with torch.no_grad(), steer(model, HP, v):
+        steered = hidden_states(model, ids, [HP, NEXT])
         steered_logits = model(ids).logits
-    torch.testing.assert_close(steered[LAYER], clean[LAYER] + v)
+    torch.testing.assert_close(steered[HP], clean[HP] + v)
     # the next layer sees the steered stream: its update differs, not just its input
-    assert (steered[LAYER + 1] - clean[LAYER + 1] - v).abs().max() > 1e-2
+    assert (steered[NEXT] - clean[NEXT] - v).abs().max() > 1e-2
     with torch.no_grad():
         logits = model(ids).logits  # the hook is gone
         assert (steered_logits - logits).abs().max() > 1e-2
-        with steer(model, LAYER, torch.zeros(576)):
+        with steer(model, HP, torch.zeros(576)):
             assert torch.equal(model(ids).logits, logits)
 
 
 def test_kl_grows_with_alpha_and_matches_a_direct_computation(smollm2):
     model, tok = smollm2
-    s = setup(model, tok, LAYER, {"n_prompts": 2, "max_new_tokens": 6})
+    s = setup(model, tok, HP, {"n_prompts": 2, "max_new_tokens": 6})
     u = torch.randn(576, generator=torch.Generator().manual_seed(1))
     u = s.resid_norm * u / u.norm()
     kls = [mean_kl(s, a * u) for a in (0.05, 0.15, 0.45)]
@@ -106,7 +108,7 @@ def test_kl_grows_with_alpha_and_matches_a_direct_computation(smollm2):
         x = torch.tensor([seq])
         with torch.no_grad():
             lp = model(x).logits[0, a:b].log_softmax(-1)
-            with steer(model, LAYER, 0.15 * u):
+            with steer(model, HP, 0.15 * u):
                 lq = model(x).logits[0, a:b].log_softmax(-1)
         per_pos.append((lp.exp() * (lp - lq)).sum(-1))
     assert kls[1] == pytest.approx(float(torch.cat(per_pos).mean()), rel=1e-3)
@@ -126,7 +128,7 @@ def digit_direction(model, tok) -> torch.Tensor:
     """Mean residual at LAYER on digit-heavy text minus that on prose (BOS excluded)."""
 
     def mean(texts):
-        hs = [hidden_states(model, torch.tensor([ids_of(tok, t)]), [LAYER])[LAYER][0, 1:] for t in texts]
+        hs = [hidden_states(model, torch.tensor([ids_of(tok, t)]), [HP])[HP][0, 1:] for t in texts]
         return torch.cat(hs).mean(0)
 
     return mean(DIGITS) - mean(PROSE)
@@ -138,7 +140,7 @@ def test_planted_digit_direction_scores_its_explanation(tmp_path, smollm2, smoll
     d = digit_direction(model, tok)
     with torch.no_grad():
         sae.W_dec[0] = sae.W_dec[1] = d / d.norm()  # the same latent, two candidate explanations
-    sae.save(tmp_path / "sae")
+    from_topk_sae(sae).save(tmp_path / "sae")
     expl = pd.DataFrame(
         {
             "latent": [0, 1, 2, 3],
@@ -161,7 +163,7 @@ def test_planted_digit_direction_scores_its_explanation(tmp_path, smollm2, smoll
     assert sorted(set(pred["latent"])) == [0, 1] and (pred["status"] == "ok").all()
     # calibrated: the achieved KL is within 10% of the 1-nat target, and recomputes to the same value
     assert np.all(np.abs(met["kl"].iloc[:2] - 1.0) <= 0.1)
-    s = setup(model, tok, LAYER, cfg)
+    s = setup(model, tok, HP, cfg)
     alpha = float(met["alpha"].iloc[0])
     assert mean_kl(s, alpha * s.resid_norm * d / d.norm()) == pytest.approx(met["kl"].iloc[0], rel=1e-4)
     # steering toward digits writes digits; the explanation naming them gains more than an unrelated one
@@ -175,10 +177,10 @@ def test_planted_digit_direction_scores_its_explanation(tmp_path, smollm2, smoll
 
 def test_unreachable_target_is_a_calibration_failure(smollm2):
     model, tok = smollm2
-    sae = TopKSAE(576, 2, 1)
+    directions = TopKSAE(576, 2, 1).W_dec.detach()
     expl = pd.DataFrame({"latent": [1], "explanation": ["anything"], "status": ["ok"]})
     cfg = {"n_prompts": 1, "max_new_tokens": 3, "max_alpha": 1e-3}
-    pred, met = score_latents(model, tok, sae, LAYER, expl, cfg)
+    pred, met = score_latents(model, tok, directions, HP, expl, cfg)
     assert met["status"].tolist() == ["calibration_failed"] and met["n_failed"].tolist() == [1]
     assert np.isnan(met["score"].iloc[0]) and met["alpha"].iloc[0] == 1e-3 and met["kl"].iloc[0] < 0.01
     assert pred["steered"].isna().all() and pred["logp_clean"].isna().all()

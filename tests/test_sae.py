@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from interpflow.sae import (
+    random_sae_from_h5,
     TopKSAE,
     _batches,
     _shuffled_buffers,
@@ -238,6 +239,26 @@ def test_train_sae_from_h5_skips_bos_outliers(tmp_path):
     assert estimate_input_scale(acts) < 0.1 * sae.input_scale
     b_dec_raw = sae.b_dec.detach().numpy() / sae.input_scale
     assert np.abs(b_dec_raw - clean.mean(0)).max() < 0.5
+
+
+def test_random_sae_is_the_trained_sae_at_step_zero(tmp_path):
+    """The control dictionary has the trained SAE's shape and initialisation, and no training."""
+    n_seq, ctx_len, d = 10, 32, 8
+    acts = np.random.default_rng(1).standard_normal((n_seq * ctx_len, d)).astype(np.float32) + 3.0
+    path = tmp_path / "activations.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("activations", data=acts)
+        f.attrs.update({"n_seq": n_seq, "ctx_len": ctx_len})
+    cfg = {"width": 16, "k": 2, "seed": 3}
+    sae = random_sae_from_h5(path, cfg)
+    assert (sae.d_in, sae.width, sae.k) == (8, 16, 2)
+    reference = TopKSAE(8, 16, 2, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(sae.W_dec, reference.W_dec)  # the same random unit directions
+    clean = acts[np.arange(len(acts)) % ctx_len != 0]
+    assert sae.input_scale == pytest.approx(estimate_input_scale(clean), rel=1e-5)
+    np.testing.assert_allclose(sae.b_dec.detach().numpy() / sae.input_scale, clean.mean(0), atol=0.3)
+    with pytest.raises(ValueError, match="'k'"):
+        random_sae_from_h5(path, {"width": 16})
 
 
 def test_bad_config_names_key(tmp_path):

@@ -15,6 +15,7 @@ from interpflow.sampling import (
     NEGATIVES,
     run_sampling,
     sample_examples,
+    partner_latents,
     select_latents,
     select_test_examples,
     shard_files,
@@ -428,3 +429,16 @@ def test_select_test_examples_on_old_files():
     assert select_test_examples(old[old.example_id != 10], 3, {}).example_id.tolist() == [*range(10), 11, 12]
     with pytest.raises(ValueError, match="`negative` column"):
         select_test_examples(old, 3, {"negatives": "hard"})
+
+
+def test_partner_latents_follow_the_matches_of_the_sampled_latents_below():
+    cfg = {"latents": {"n": 2, "seed": 4}}
+    width, size = 8, 4
+    below = select_latents(0, 4, cfg) + select_latents(4, 8, cfg)
+    matches = pd.DataFrame({"latent_a": np.arange(8), "latent_b": (np.arange(8) * 3) % 8})
+    got = partner_latents(matches, width, size, cfg)
+    assert got.tolist() == sorted({(a * 3) % 8 for a in below})
+    # a latent below without a match (a narrower layer above) contributes nothing
+    assert partner_latents(matches[matches.latent_a != below[0]], width, size, cfg).tolist() == sorted(
+        {(a * 3) % 8 for a in below[1:]}
+    )

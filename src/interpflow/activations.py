@@ -1,5 +1,5 @@
-"""Subject-model activations at hookpoints, streamed batch by batch to HDF5, with the forward pass cut after
-the last layer a hookpoint needs."""
+"""Subject-model activations at hookpoints (residual stream, attention and MLP outputs, MLP inputs and
+neurons), streamed batch by batch to HDF5 from one forward pass cut after the last hookpoint it needs."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import time
+from typing import NamedTuple
 
 import h5py
 import numpy as np
@@ -19,19 +20,35 @@ from .store import atomic_path
 
 log = logging.getLogger(__name__)
 
-HOOKPOINT = re.compile(r"^resid_post\.(\d+)$")
+# site -> (path of the module under a decoder block, whether the hook reads its input or its output).
+# Candidate names cover Llama/Gemma/Qwen/SmolLM (self_attn, mlp, down_proj) and GPT-2/NeoX-style blocks.
+SITES = {
+    "resid_post": ((), "output"),  # the residual stream after the block
+    "attn_out": (("self_attn", "attn", "attention"), "output"),
+    "mlp_in": (("mlp", "feed_forward"), "input"),  # after the pre-MLP norm: what a transcoder reads
+    "mlp_out": (("mlp", "feed_forward"), "output"),  # before any post-MLP norm
+    "mlp_act": (("mlp.down_proj", "mlp.c_proj", "mlp.fc2", "mlp.dense_4h_to_h", "feed_forward.w2"), "input"),
+}
+HOOKPOINT = re.compile(rf"^({'|'.join(SITES)})\.(\d+)$")
 
 
 class StopForward(Exception):
-    """Raised by the last needed hook: nothing after that layer is computed."""
+    """Raised once every requested hookpoint is seen: nothing after it is computed."""
 
 
-def parse_hookpoint(hookpoint: str) -> int:
-    """The layer index of 'resid_post.L' (the residual stream after decoder layer L)."""
+class Hookpoint(NamedTuple):
+    site: str
+    layer: int
+
+
+def parse_hookpoint(hookpoint: str) -> Hookpoint:
+    """Split '<site>.<layer>' (e.g. resid_post.6, mlp_out.6, attn_out.6, mlp_in.6, mlp_act.6)."""
     match = HOOKPOINT.match(hookpoint)
     if not match:
-        raise ValueError(f"hookpoint '{hookpoint}' is not of the form resid_post.<layer>")
-    return int(match.group(1))
+        raise ValueError(
+            f"hookpoint '{hookpoint}' is not of the form <site>.<layer> with site in {list(SITES)}"
+        )
+    return Hookpoint(match.group(1), int(match.group(2)))
 
 
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
@@ -44,40 +61,81 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     raise ValueError(f"cannot find the {n} decoder layers of {type(model).__name__}")
 
 
-@contextlib.contextmanager
-def capture(model: torch.nn.Module, layers: list[int]):
-    """Record each listed layer's output hidden states into a dict, and stop the forward after the last."""
+def site_module(model: torch.nn.Module, hookpoint: str) -> tuple[torch.nn.Module, str]:
+    """The module a hookpoint reads, and whether it reads that module's 'input' or 'output'."""
+    site, layer = parse_hookpoint(hookpoint)
     blocks = decoder_layers(model)
-    for layer in layers:
-        if not 0 <= layer < len(blocks):
-            raise ValueError(
-                f"hookpoint layer {layer} does not exist: the model has {len(blocks)} layers (0-based)"
-            )
-    seen: dict[int, torch.Tensor] = {}
-    last = max(layers)
+    if not 0 <= layer < len(blocks):
+        raise ValueError(
+            f"hookpoint {hookpoint}: layer {layer} does not exist, the model has {len(blocks)} layers"
+        )
+    names, where = SITES[site]
+    if not names:
+        return blocks[layer], where
+    for name in names:
+        with contextlib.suppress(AttributeError):
+            return blocks[layer].get_submodule(name), where
+    raise ValueError(f"hookpoint {hookpoint}: block {layer} of {type(model).__name__} has none of {names}")
 
-    def hook_for(layer: int):
-        def hook(_module, _args, output):
-            seen[layer] = output[0] if isinstance(output, tuple) else output  # (B, T, d_model)
-            if layer == last:
+
+def _first(x):
+    return x[0] if isinstance(x, tuple) else x
+
+
+@contextlib.contextmanager
+def capture(model: torch.nn.Module, hookpoints: list[str]):
+    """Record each hookpoint's activations (B, T, d) into a dict, and stop the forward once all are seen."""
+    wanted = set(hookpoints)
+    seen: dict[str, torch.Tensor] = {}
+
+    def hook_for(hookpoint: str, where: str):
+        def record(x):
+            seen[hookpoint] = _first(x)
+            if len(seen) == len(wanted):
                 raise StopForward
 
-        return hook
+        if where == "input":
+            return lambda _module, args: record(args)
+        return lambda _module, _args, output: record(output)
 
-    handles = [blocks[layer].register_forward_hook(hook_for(layer)) for layer in set(layers)]
+    handles = []
+    for h in wanted:
+        module, where = site_module(model, h)
+        register = module.register_forward_pre_hook if where == "input" else module.register_forward_hook
+        handles.append(register(hook_for(h, where)))
     try:
         yield seen
     finally:
-        for h in handles:
-            h.remove()
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def add_at(model: torch.nn.Module, hookpoint: str, vector: torch.Tensor):
+    """While active, add `vector` (d,) to the hookpoint's activations at every position."""
+    module, where = site_module(model, hookpoint)
+
+    def shift(x):
+        if isinstance(x, tuple):
+            return (x[0] + vector.to(x[0].dtype), *x[1:])
+        return x + vector.to(x.dtype)
+
+    if where == "input":
+        handle = module.register_forward_pre_hook(lambda _m, args: shift(args))
+    else:
+        handle = module.register_forward_hook(lambda _m, _args, out: shift(out))
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 @torch.inference_mode()
 def hidden_states(
-    model: torch.nn.Module, input_ids: torch.Tensor, layers: list[int]
-) -> dict[int, torch.Tensor]:
-    """Residual stream after each listed layer for a batch of token ids (B, T) -> {layer: (B, T, d_model)}."""
-    with capture(model, layers) as seen:
+    model: torch.nn.Module, input_ids: torch.Tensor, hookpoints: list[str]
+) -> dict[str, torch.Tensor]:
+    """Activations at each hookpoint for a batch of token ids (B, T) -> {hookpoint: (B, T, d)}."""
+    with capture(model, hookpoints) as seen:
         try:
             model(input_ids=input_ids, use_cache=False)
         except StopForward:
@@ -93,7 +151,8 @@ def cache_activations(
     out_paths: list[str | os.PathLike],
 ) -> dict:
     """Write each hookpoint's activations, float32 [n_seq * ctx_len, d_model], from one forward pass."""
-    layers = [parse_hookpoint(h) for h in hookpoints]
+    for h in hookpoints:
+        parse_hookpoint(h)
     model, _ = load_model(model_spec, cfg)
     device = next(model.parameters()).device
     with h5py.File(tokens_path, "r") as f:
@@ -108,9 +167,9 @@ def cache_activations(
             outs.append(stack.enter_context(h5py.File(tmp, "w")))
         for i in tqdm(range(0, n_seq, batch), desc="activations", unit="batch"):
             ids = torch.from_numpy(tokens[i : i + batch].astype(np.int64)).to(device)
-            seen = hidden_states(model, ids, layers)
-            for out, layer, hookpoint in zip(outs, layers, hookpoints, strict=True):
-                acts = seen[layer].float().reshape(-1, seen[layer].shape[-1]).cpu().numpy()
+            seen = hidden_states(model, ids, hookpoints)
+            for out, hookpoint in zip(outs, hookpoints, strict=True):
+                acts = seen[hookpoint].float().reshape(-1, seen[hookpoint].shape[-1]).cpu().numpy()
                 if "activations" not in out:
                     out.create_dataset(
                         "activations",

@@ -35,6 +35,7 @@ def check_config(config: dict) -> None:
     for name, model in config["models"].items():
         if model["source"] in ("gguf", "hf") and not model.get("path"):
             problems.append(f"models.{name}.path: required for source '{model['source']}'")
+    problems += _dictionary_problems(config)
     for section, kinds in (("explainers", LLM_EXPLAINERS), ("scorers", LLM_SCORERS)):
         for name, entry in config[section].items():
             llm = entry.get("llm")
@@ -57,6 +58,33 @@ def check_config(config: dict) -> None:
             )
     if problems:
         raise ValueError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def _dictionary_problems(config: dict) -> list[str]:
+    """Kind-specific keys of each dictionary, and hookpoints a dictionary cannot read."""
+    problems = []
+    for name, d in config["dictionaries"].items():
+        where = f"dictionaries.{name}"
+        if d["kind"] in ("topk-sae", "random-sae") and d.get("k") is None:
+            problems.append(f"{where}.k: required for kind '{d['kind']}'")
+        if d.get("k") is not None and d["k"] > d["width"]:
+            problems.append(f"{where}.k: {d['k']} exceeds width {d['width']}")
+        if d["kind"] == "pretrained":
+            problems += [
+                f"{where}.{key}: required for kind 'pretrained'"
+                for key in ("format", "path")
+                if not d.get(key)
+            ]
+    for i, run in enumerate(config["runs"]):
+        for name in run["dictionaries"]:
+            kind = config["dictionaries"].get(name, {}).get("kind")
+            wrong = [h for h in run["hookpoints"] if kind == "neurons" and not h.startswith("mlp_act.")]
+            if wrong:
+                problems.append(
+                    f"runs[{i}]: dictionary '{name}' (neurons) reads MLP neurons (mlp_act.<layer>), "
+                    f"not {wrong}"
+                )
+    return problems
 
 
 def run_combinations(config: dict) -> Iterator[dict[str, str]]:

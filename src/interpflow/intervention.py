@@ -8,7 +8,6 @@ log P(explanation | clean generations); a positive gain means the explanation na
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -22,7 +21,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from interpflow.activations import decoder_layers, hidden_states, parse_hookpoint
+from interpflow.activations import add_at, hidden_states, parse_hookpoint
 from interpflow.metrics import NO_USAGE, metric_columns
 from interpflow.store import read_parquet, write_parquet
 
@@ -50,23 +49,9 @@ PREDICTION_COLUMNS = (
 METRIC_COLUMNS = metric_columns("alpha", "kl", "resid_norm")
 
 
-@contextlib.contextmanager
-def steer(model: torch.nn.Module, layer: int, vector: torch.Tensor):
-    """While active, add `vector` (d_model,) to decoder layer `layer`'s output at every position."""
-    blocks = decoder_layers(model)
-    if not 0 <= layer < len(blocks):
-        raise ValueError(f"hookpoint layer {layer} does not exist: the model has {len(blocks)} layers")
-
-    def hook(_module, _args, out):
-        if isinstance(out, tuple):
-            return (out[0] + vector.to(out[0].dtype), *out[1:])
-        return out + vector.to(out.dtype)
-
-    handle = blocks[layer].register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
+def steer(model: torch.nn.Module, hookpoint: str, vector: torch.Tensor):
+    """While active, add `vector` to the activations at `hookpoint` at every position."""
+    return add_at(model, hookpoint, vector)
 
 
 def _device(model: torch.nn.Module) -> torch.device:
@@ -162,14 +147,15 @@ class Setup(NamedTuple):
 
     model: torch.nn.Module
     tokenizer: object
-    layer: int
+    hookpoint: str  # where the latent's decoder direction is added
     c: dict  # checked scorer options
     prompt_ids: list[list[int]]  # BOS + prompt tokens, per prompt
     texts: list[str]  # prompt + clean continuation, decoded
     seqs: list[list[int]]  # BOS + prompt + clean continuation tokens
     spans: list[tuple[int, int]]  # positions whose next token is generated: where steering shapes the text
     logp: torch.Tensor  # (N, V) clean next-token log-probs at those positions
-    resid_norm: float  # mean residual norm at the hookpoint over non-BOS tokens of seqs: the unit of alpha
+    width: int  # activation dims at the hookpoint
+    resid_norm: float  # mean activation norm at the hookpoint over non-BOS tokens of seqs: the unit of alpha
 
 
 def _continue(model, tokenizer, prompt_ids: list[list[int]], c: dict) -> list[list[int]]:
@@ -190,23 +176,25 @@ def _decode(tokenizer, prompt_ids: list[list[int]], gen_ids: list[list[int]]) ->
     ]
 
 
-def setup(model: torch.nn.Module, tokenizer, layer: int, cfg: dict) -> Setup:
+def setup(model: torch.nn.Module, tokenizer, hookpoint: str, cfg: dict) -> Setup:
     """Generate clean continuations and measure their next-token log-probs and residual norm."""
     c = check_cfg(cfg)
     prompt_ids = [[_bos(tokenizer), *tokenizer(p, add_special_tokens=False).input_ids] for p in c["prompts"]]
     gen_ids = _continue(model, tokenizer, prompt_ids, c)
     seqs = [p + g for p, g in zip(prompt_ids, gen_ids, strict=True)]
     spans = [(len(p) - 1, len(p) - 1 + len(g)) for p, g in zip(prompt_ids, gen_ids, strict=True)]
-    h = hidden_states(model, _padded(model, seqs), [layer])[layer]  # (B, T, d_model)
+    h = hidden_states(model, _padded(model, seqs), [hookpoint])[hookpoint]  # (B, T, d)
     # BOS is left out: its residual is often an outlier (attention sink) far from the typical norm
     norm = torch.cat([h[i, 1 : len(s)].float().norm(dim=-1) for i, s in enumerate(seqs)]).mean()
     logp, texts = next_logprobs(model, seqs, spans), _decode(tokenizer, prompt_ids, gen_ids)
-    return Setup(model, tokenizer, layer, c, prompt_ids, texts, seqs, spans, logp, float(norm))
+    return Setup(
+        model, tokenizer, hookpoint, c, prompt_ids, texts, seqs, spans, logp, h.shape[-1], float(norm)
+    )
 
 
 def mean_kl(s: Setup, vector: torch.Tensor) -> float:
     """Mean over the clean continuations' positions of KL(clean || steered by `vector`), nats."""
-    with steer(s.model, s.layer, vector):
+    with steer(s.model, s.hookpoint, vector):
         logp = next_logprobs(s.model, s.seqs, s.spans)  # (N, V)
     return float(F.kl_div(logp, s.logp, log_target=True, reduction="sum")) / len(logp)
 
@@ -228,7 +216,7 @@ def score_latent(
         return rows.assign(
             steered=None, logp_clean=np.nan, logp_steered=np.nan, status="calibration_failed", error=error
         )
-    with steer(s.model, s.layer, alpha * vec):
+    with steer(s.model, s.hookpoint, alpha * vec):
         steered = _decode(s.tokenizer, s.prompt_ids, _continue(s.model, s.tokenizer, s.prompt_ids, c))
     lp = explanation_logprobs(
         *(scorer or (s.model, s.tokenizer)), s.texts + steered, explanation, c["prompt_template"]
@@ -271,16 +259,24 @@ def _metrics_row(lat: int, rows: pd.DataFrame | None, status: str) -> dict:
 
 
 def score_latents(
-    model, tokenizer, sae, layer: int, explanations: pd.DataFrame, cfg: dict, scorer: tuple | None = None
+    model,
+    tokenizer,
+    directions: torch.Tensor,
+    hookpoint: str,
+    explanations: pd.DataFrame,
+    cfg: dict,
+    scorer: tuple | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Intervention-score every latent of the explanations table; return (predictions, metrics)."""
+    """Steer along each explained latent's decoder direction [width, d]; (predictions, metrics)."""
     from tqdm.auto import tqdm
 
     check_cfg(cfg)
     lats = explanations["latent"].to_numpy(dtype=np.int64)
-    if len(lats) and not (lats.min() >= 0 and lats.max() < sae.width):
-        raise ValueError(f"explanations name latents outside the SAE's 0..{sae.width - 1}")
-    s = setup(model, tokenizer, layer, cfg) if (explanations["status"] == "ok").any() else None
+    if len(lats) and not (lats.min() >= 0 and lats.max() < len(directions)):
+        raise ValueError(f"explanations name latents outside the dictionary's 0..{len(directions) - 1}")
+    s = setup(model, tokenizer, hookpoint, cfg) if (explanations["status"] == "ok").any() else None
+    if s is not None and directions.shape[1] != s.width:
+        raise ValueError(f"decoder directions have {directions.shape[1]} dims, {hookpoint} has {s.width}")
     frames, mrows = [], []
     recs = explanations[["latent", "explanation", "status"]].itertuples(index=False)
     for lat, expl, status in tqdm(recs, total=len(explanations), desc="intervention", unit="latent"):
@@ -288,9 +284,8 @@ def score_latents(
         if status == "ok" and not (isinstance(expl, str) and expl.strip()):
             why = "no_explanation: empty"
         elif status == "ok":
-            # raw-space decoder direction is W_dec[lat] / input_scale: the same unit vector
             rows = score_latent(
-                s, sae.W_dec[int(lat)].detach().to(_device(model), torch.float32), expl, scorer
+                s, directions[int(lat)].detach().to(_device(model), torch.float32), expl, scorer
             )
             frames.append(rows.assign(latent=int(lat)))
         mrows.append(_metrics_row(int(lat), rows, why))
@@ -305,7 +300,7 @@ def score_latents(
 
 
 def run_intervention(
-    sae_dir: str | os.PathLike,
+    dictionary_dir: str | os.PathLike,
     model_spec: str | os.PathLike,
     model_cfg: dict,
     hookpoint: str,
@@ -319,30 +314,35 @@ def run_intervention(
     tokenizer=None,
 ) -> None:
     """Workflow step: intervention-score a shard's explanations; write predictions and metrics."""
+    from interpflow.dictionaries import SparseDictionary
     from interpflow.models import load_model
-    from interpflow.sae import TopKSAE
 
     t0 = time.perf_counter()
     check_cfg(cfg)
-    layer, explanations = parse_hookpoint(hookpoint), read_parquet(explanations_path)
+    explanations = read_parquet(explanations_path)
     missing = {"latent", "explanation", "status"} - set(explanations.columns)
     if missing:
         raise ValueError(f"{explanations_path} lacks columns {sorted(missing)}")
     if model is None:
         model, tokenizer = load_model(model_spec, model_cfg)
-    sae = TopKSAE.load(sae_dir, device=_device(model))
-    if sae.d_in != model.get_input_embeddings().embedding_dim:
-        raise ValueError(f"SAE {sae_dir} has d_in {sae.d_in}, not the model's residual width")
+    dictionary = SparseDictionary.load(dictionary_dir)
+    # a transcoder or an MLP-neuron dictionary writes to another site than the one it reads
+    out_hookpoint = dictionary.meta.get("out_hookpoint") or hookpoint
+    parse_hookpoint(out_hookpoint)
     same = scorer_spec is None or Path(scorer_spec).resolve() == Path(model_spec).resolve()
     scorer = None if same else load_model(scorer_spec, model_cfg)  # None: the subject reads its own text
-    predictions, metrics = score_latents(model, tokenizer, sae, layer, explanations, cfg, scorer)
+    directions = dictionary.decoder_directions().float()
+    predictions, metrics = score_latents(
+        model, tokenizer, directions, out_hookpoint, explanations, cfg, scorer
+    )
     write_parquet(predictions, predictions_out)
     write_parquet(metrics, metrics_out)
     counts = metrics["status"].value_counts().to_dict()
     log.info(
-        "intervention: %d latents %s, %d generations; %.1f s",
+        "intervention: %d latents %s, %d generations at %s; %.1f s",
         len(metrics),
         counts,
         len(predictions),
+        out_hookpoint,
         time.perf_counter() - t0,
     )

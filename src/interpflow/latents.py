@@ -290,19 +290,19 @@ def read_latent(path: str | os.PathLike, latent: int) -> tuple[np.ndarray, np.nd
 
 def encode_dictionary(
     activations_path: str | os.PathLike,
-    sae_cfg_path: str | os.PathLike,
+    dictionary_dir: str | os.PathLike,
     width: int,
     store_cfg: dict,
     out_dir: str | os.PathLike,
 ) -> dict:
-    """Encode all activations with a saved SAE into `out_dir`/shard-{i}.h5 and stats-{i}.parquet."""
+    """Encode all activations with a prepared dictionary into `out_dir`/shard-{i}.h5 and stats-{i}.parquet."""
     import torch
 
+    from interpflow.dictionaries import SparseDictionary
     from interpflow.models import resolve_device
-    from interpflow.sae import TopKSAE
 
     device = resolve_device(store_cfg.get("device", "auto"))
-    sae = TopKSAE.load(Path(sae_cfg_path).parent, device=str(device)).eval()
+    dictionary = SparseDictionary.load(dictionary_dir).to(device).eval()
     shard_size = store_cfg["shard_size"]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -310,7 +310,7 @@ def encode_dictionary(
     with torch.inference_mode():
         return encode_to_shards(
             activations_path,
-            sae,
+            dictionary,
             width,
             shard_size,
             [str(out / f"shard-{i}.h5") for i in range(n)],

@@ -30,7 +30,7 @@ def collect(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
         )
         metrics = read_parquet(r["metrics"]).drop(columns=["scorer"], errors="ignore")
         frame = metrics.merge(joined, on="latent", how="left")
-        frames.append(frame.assign(**{k: r[k] for k in KEYS}))
+        frames.append(frame.assign(**{k: r[k] for k in KEYS}, subject=r.get("subject", r["dictionary"])))
     table = pd.concat(frames, ignore_index=True)
     table = table[KEYS + [c for c in table.columns if c not in KEYS]]
     return table, pd.concat(explained.values(), ignore_index=True)
@@ -60,14 +60,15 @@ def median_ci(values: np.ndarray, seed: int = 0, level: float = 0.95) -> tuple[f
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
-def aggregate(table: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
-    """Per subject and scorer: latents scored and failed, median score with a 95% bootstrap CI, quartiles."""
+def aggregate(table: pd.DataFrame, seed: int = 0, by: list[str] | None = None) -> pd.DataFrame:
+    """Per subject (or `by`) and scorer: latents scored and failed, median score with a 95% bootstrap CI."""
+    keys = (SUBJECT if by is None else by) + ["scorer", "kind"]
     rows = []
-    for key, g in table.groupby(SUBJECT + ["scorer", "kind"], sort=True):
+    for key, g in table.groupby(keys, sort=True):
         ok = g.loc[g["status"] == "ok", "score"].dropna().to_numpy()
         low, high = median_ci(ok, seed)
         rows.append(
-            dict(zip(SUBJECT + ["scorer", "kind"], key, strict=True))
+            dict(zip(keys, key, strict=True))
             | dict(
                 latents=len(g),
                 scored=len(ok),
@@ -125,8 +126,8 @@ def costs(table: pd.DataFrame, explanations: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def plot_scores(table: pd.DataFrame, out_path: str | os.PathLike) -> None:
-    """Box plots with points: each scorer's headline score per subject, one panel per scorer."""
+def plot_scores(table: pd.DataFrame, out_path: str | os.PathLike, by: str | None = None) -> None:
+    """Box plots with points: each scorer's headline score per subject (or per `by`), one panel per scorer."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -136,7 +137,7 @@ def plot_scores(table: pd.DataFrame, out_path: str | os.PathLike) -> None:
     cols = min(3, len(scorers))
     rows = -(-len(scorers) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.8 * rows), squeeze=False)
-    labels = subject_label(table)
+    labels = subject_label(table) if by is None else table[by].astype(str)
     subjects = sorted(labels.unique())
     rng = np.random.default_rng(0)  # jitter only
     for ax, scorer in zip(axes.flat, scorers, strict=False):
@@ -198,12 +199,16 @@ def html_page(sections: dict[str, pd.DataFrame], out_path: str | os.PathLike) ->
 
 
 def summarize(records: list[dict], outputs: dict[str, str]) -> pd.DataFrame:
-    """Write every summary output (keys: table, aggregates, correlations, costs, figure, heatmap, html)."""
+    """Write every summary output (keys: table, aggregates, subjects, correlations, costs, figure,
+    subjects_figure, heatmap, html)."""
     table, explanations = collect(records)
     agg, corr, cost = aggregate(table), correlations(table), costs(table, explanations)
-    for name, frame in [("table", table), ("aggregates", agg), ("correlations", corr), ("costs", cost)]:
+    by_subject = aggregate(table, by=["subject"])
+    frames = [("table", table), ("aggregates", agg), ("subjects", by_subject), ("correlations", corr), ("costs", cost)]
+    for name, frame in frames:
         write_parquet(frame, outputs[name])
     plot_scores(table, outputs["figure"])
+    plot_scores(table, outputs["subjects_figure"], by="subject")
     plot_correlations(corr, outputs["heatmap"])
     shown = [
         "model",
@@ -221,6 +226,7 @@ def summarize(records: list[dict], outputs: dict[str, str]) -> pd.DataFrame:
     ]
     html_page(
         {
+            "Scores by kind of subject (median, 95% bootstrap CI)": by_subject,
             "Scores (median, 95% bootstrap CI)": agg,
             "Cost": cost,
             "Spearman between scorers": corr,

@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import time
+import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -302,6 +303,23 @@ def _finite_mean(fvus: Iterable[Tensor], seen: int) -> float:
     return m
 
 
+def hookpoint_seed(seed: int, hookpoint: str | None) -> int:
+    """The config seed mixed with the hookpoint: dictionaries on different layers must not share an init."""
+    return seed if not hookpoint else zlib.crc32(f"{seed}:{hookpoint}".encode())
+
+
+def init_sae(sample: np.ndarray, d_in: int, width: int, k: int, seed: int) -> TopKSAE:
+    """A TopK SAE at its initialisation: input scale and decoder bias fitted to a sample [n, d_in]."""
+    sample = torch.as_tensor(np.asarray(sample, dtype=np.float32))
+    if sample.ndim != 2 or sample.shape[1] != d_in or len(sample) < 2:
+        raise ValueError(f"sample_for_init must be [n >= 2, {d_in}], got {tuple(sample.shape)}")
+    scale = estimate_input_scale(sample)
+    sae = TopKSAE(d_in, width, k, scale, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        sae.b_dec.copy_(geometric_median(sample * scale))
+    return sae
+
+
 def train_sae(
     batches: Iterable[np.ndarray | Tensor],
     d_in: int,
@@ -315,14 +333,7 @@ def train_sae(
     from tqdm.auto import tqdm
 
     c = _train_cfg(cfg, d_in, n_tokens)
-    sample = torch.as_tensor(np.asarray(sample_for_init, dtype=np.float32))
-    if sample.ndim != 2 or sample.shape[1] != d_in or len(sample) < 2:
-        raise ValueError(f"sample_for_init must be [n >= 2, {d_in}], got {tuple(sample.shape)}")
-    scale = estimate_input_scale(sample)
-    sae = TopKSAE(d_in, c["width"], c["k"], scale, generator=torch.Generator().manual_seed(c["seed"]))
-    with torch.no_grad():
-        sae.b_dec.copy_(geometric_median(sample * scale))
-    sae.to(device)
+    sae = init_sae(sample_for_init, d_in, c["width"], c["k"], c["seed"]).to(device)
     opt = torch.optim.Adam(sae.parameters(), lr=c["lr"], betas=(0.9, 0.999))
     since_fired = torch.zeros(c["width"], dtype=torch.long, device=device)  # tokens since each latent fired
     n_steps = None if n_tokens is None else math.ceil(n_tokens / c["batch_size"])
@@ -458,6 +469,7 @@ def train_sae_from_h5(
         if n_train < 2:
             raise ValueError(f"{path} has {n_train} non-BOS rows; need at least 2 to train an SAE")
         c = _train_cfg(cfg, d_in, None)
+        c["seed"] = hookpoint_seed(c["seed"], _plain(attrs.get("hookpoint")))
         n_tokens = n_train * c["epochs"]
         if c["max_tokens"] is not None:
             n_tokens = min(n_tokens, int(c["max_tokens"]))
@@ -469,7 +481,7 @@ def train_sae_from_h5(
         sae, metrics = train_sae(
             _batches(buffers, c["batch_size"], c["max_tokens"]),
             d_in,
-            cfg,
+            cfg | {"seed": c["seed"]},
             n_tokens=n_tokens,
             device=device,
             sample_for_init=sample,
@@ -485,3 +497,25 @@ def _plain(v: Any) -> Any:
     if isinstance(v, bytes):
         return v.decode()
     return v.item() if isinstance(v, np.generic) else v
+
+
+def random_sae_from_h5(activations_path: str | os.PathLike, cfg: dict) -> TopKSAE:
+    """A TopK SAE of the configured shape left at the trained SAE's initialisation: a control dictionary."""
+    import h5py
+
+    path = Path(activations_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"missing activations file: {path}")
+    with h5py.File(path, "r") as f:
+        if "activations" not in f:
+            raise ValueError(f"{path} has no dataset 'activations'")
+        ds = f["activations"]
+        attrs = dict(f.attrs) | dict(ds.attrs)
+        ctx_len = int(attrs.get("ctx_len", 0))
+        if ctx_len < 2:
+            raise ValueError(f"{path} lacks a valid 'ctx_len' attribute")
+        d_in = ds.shape[1]
+        c = _train_cfg(cfg, d_in, None)
+        c["seed"] = hookpoint_seed(c["seed"], _plain(attrs.get("hookpoint")))
+        sample = _init_sample(ds, ctx_len, np.random.default_rng(c["seed"]))
+    return init_sae(sample, d_in, c["width"], c["k"], c["seed"])

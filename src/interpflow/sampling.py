@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from interpflow.latents import LatentShard, read_shard
-from interpflow.store import atomic_path, read_parquet, write_parquet
+from interpflow.store import atomic_path, open_h5, read_parquet, write_parquet
 
 if TYPE_CHECKING:
     from scipy import sparse
@@ -67,6 +67,17 @@ def select_latents(latent_start: int, latent_end: int, cfg: dict) -> list[int]:
     # the shard start is mixed in so each shard draws its own offsets
     rng = np.random.default_rng([int(seed), latent_start])
     return sorted(int(i) for i in latent_start + rng.choice(size, size=n, replace=False))
+
+
+def partner_latents(matches: pd.DataFrame, width_below: int, shard_size: int, cfg: dict) -> np.ndarray:
+    """The cross-layer partners (latent_b) of every latent this sampler picks on the layer below."""
+    picked = [
+        lat
+        for start in range(0, width_below, shard_size)
+        for lat in select_latents(start, min(start + shard_size, width_below), cfg)
+    ]
+    partner = matches.set_index("latent_a")["latent_b"]
+    return np.unique(partner.reindex(picked).dropna().to_numpy(dtype=np.int64))
 
 
 def _settings(cfg: dict, ctx_len: int) -> dict[str, int]:
@@ -438,18 +449,17 @@ def run_sampling(
     examples_out: str | os.PathLike,
     latents_out: str | os.PathLike,
     latents_dir: str | os.PathLike | None = None,
+    partners: tuple[str | os.PathLike, int, int] | None = None,
 ) -> None:
     """Step: sample one shard's examples and write the examples and latents tables.
 
     `latents_dir` (the folder of every shard) is read only by hard_negatives.method cooccurrence.
+    `partners` (matches file, width and shard size of the layer below) adds the partners of the latents
+    sampled there.
     """
     import time
 
-    import h5py
-
-    if not os.path.exists(tokens_path):
-        raise FileNotFoundError(f"missing tokens file: {tokens_path}")
-    with h5py.File(tokens_path, "r") as f:
+    with open_h5(tokens_path) as f:
         if "tokens" not in f:
             raise ValueError(f"{tokens_path} lacks dataset `tokens`")
         tokens = f["tokens"][:]
@@ -471,7 +481,15 @@ def run_sampling(
             incidence.nnz,
             time.perf_counter() - t0,
         )
-    examples, latents = sample_examples(tokens, token_strs, shard, cfg, incidence=incidence)
+    chosen = None
+    if partners is not None:
+        matches_path, width_below, shard_size = partners
+        extra = partner_latents(read_parquet(matches_path), width_below, shard_size, cfg)
+        own = select_latents(shard.latent_start, shard.latent_end, cfg)
+        in_range = extra[(extra >= shard.latent_start) & (extra < shard.latent_end)]
+        chosen = sorted(set(own) | {int(i) for i in in_range})
+        log.info("%d sampled latents + %d cross-layer partners", len(own), len(chosen) - len(own))
+    examples, latents = sample_examples(tokens, token_strs, shard, cfg, chosen, incidence=incidence)
     with atomic_path(examples_out) as tmp:
         examples.to_parquet(tmp, index=False, schema=_examples_schema())
     write_parquet(latents, latents_out)

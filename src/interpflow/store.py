@@ -27,6 +27,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def open_h5(path: str | os.PathLike, mode: str = "r"):
+    """Open an HDF5 file (h5py.File), naming the file if it is missing, truncated or not HDF5 at all."""
+    import h5py
+
+    path = Path(path)
+    if mode == "r" and not path.is_file():
+        raise FileNotFoundError(f"missing HDF5 file: {path}")
+    try:
+        return h5py.File(path, mode)
+    except OSError as exc:  # h5py's message does not name the file
+        raise ValueError(f"cannot read HDF5 file {path} (truncated or corrupted?): {exc}") from exc
+
+
 def write_parquet(df: pd.DataFrame, path: str | os.PathLike) -> None:
     """Write a table to Parquet atomically (a crash never leaves a half-written file at `path`)."""
     with atomic_path(path) as tmp:

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 from interpflow.activations import cache_activations
 from interpflow.steps import logged
 
@@ -6,6 +8,6 @@ with logged(snakemake.log[0], threads=snakemake.threads):
         snakemake.input.tokens,
         snakemake.input.model,
         snakemake.params.cfg,
-        [snakemake.wildcards.hookpoint],
-        [snakemake.output[0]],
+        [Path(path).parent.name for path in snakemake.output],  # .../{hookpoint}/activations.h5
+        list(snakemake.output),
     )

@@ -1,6 +1,9 @@
 from interpflow.sampling import run_sampling
 from interpflow.steps import logged
 
+# with latents.partners, the layer below shares the dictionary name, hence its width
+matches = list(snakemake.input.matches)
+partners = (matches[0], snakemake.params.width, snakemake.params.shard_size) if matches else None
 with logged(snakemake.log[0]):
     run_sampling(
         snakemake.input.tokens,
@@ -10,4 +13,5 @@ with logged(snakemake.log[0]):
         snakemake.output.examples,
         snakemake.output.latents,
         latents_dir=snakemake.input.latents,
+        partners=partners,
     )

@@ -5,7 +5,7 @@ from interpflow.steps import logged
 
 with logged(snakemake.log[0], threads=snakemake.threads):
     run_intervention(
-        Path(snakemake.input.sae).parent,
+        Path(snakemake.input.dictionary).parent,
         snakemake.input.subject,
         snakemake.params.model_cfg,
         snakemake.wildcards.hookpoint,
