@@ -1,14 +1,32 @@
+# What the config will cost, before anything is sent (also: python -m interpflow.estimate <config>).
+rule estimate:
+    input:
+        code=code("estimate", "prompts", "explain", "scorers", "simulation", "sampling", "config"),
+    output:
+        "results/summary/estimate.parquet",
+    log:
+        "logs/estimate.log",
+    conda:
+        "../envs/interpflow.yaml"
+    params:
+        cfg=config,
+    script:
+        "../workflow/scripts/estimate.py"
+
+
 rule summarize:
     input:
         metrics=[r["metrics"] for r in scored_shards()],
         explanations=[r["explanations"] for r in scored_shards()],
-        code=code("report"),
+        estimate=rules.estimate.output[0],
+        code=code("report", "estimate"),
     output:
         table="results/summary/latents.parquet",
         aggregates="results/summary/aggregates.parquet",
         subjects="results/summary/subjects.parquet",
         correlations="results/summary/correlations.parquet",
         costs="results/summary/costs.parquet",
+        spent="results/summary/estimate_vs_spent.parquet",
         figure=report(
             "results/summary/scores.png", category="Scores", caption="../workflow/report/scores.rst"
         ),

@@ -58,7 +58,9 @@ def test_full_run_produces_every_output(tiny):
     for shard in (0, 1):
         with h5py.File(base / f"latents/shard-{shard}.h5") as f:
             assert f.attrs["latent_start"] == 64 * shard and len(f["offsets"]) == 65
-    summary = pd.read_parquet(work / "results/summary/latents.parquet")
+    everything = pd.read_parquet(work / "results/summary/latents.parquet")
+    first = (everything["sampler"] == "small") & (everything["dictionary"] == "topk-128")
+    summary = everything[first]
     kinds = {"detection", "fuzzing", "simulation", "embedding", "surprisal", "intervention"}
     assert set(summary.loc[summary["explainer"] == "qwen", "scorer"]) == kinds
     assert set(summary.loc[summary["explainer"] != "qwen", "scorer"]) == {"detection", "embedding"}
@@ -79,6 +81,7 @@ def test_full_run_produces_every_output(tiny):
     for name in ["scores.png", "correlations.png", "summary.html"]:
         assert (work / "results/summary" / name).stat().st_size > 1000
     aggregates = pd.read_parquet(work / "results/summary/aggregates.parquet")
+    aggregates = aggregates[(aggregates["sampler"] == "small") & (aggregates["dictionary"] == "topk-128")]
     assert len(aggregates) == 10 and (aggregates["latents"] == 4).all()
     ok = aggregates[aggregates["scored"] >= 2]
     assert (ok["ci_low"] <= ok["median"]).all() and (ok["median"] <= ok["ci_high"]).all()
@@ -90,8 +93,36 @@ def test_full_run_produces_every_output(tiny):
     for row in random[random["status"] == "ok"].itertuples():
         source = int(row.completion.removeprefix("from latent "))
         assert source != row.latent and qwen[source] == row.explanation
+    spent = pd.read_parquet(work / "results/summary/estimate_vs_spent.parquet")
+    detection = spent[(spent["name"] == "detection") & (spent["explainer"] == "qwen")]
+    assert len(detection) == 1 and detection["est_input_tokens"].iloc[0] > 0
+    assert 0.5 < detection["input_ratio"].iloc[0] < 1.5  # the estimate is near what was spent
     report = snakemake(work, "--report", "report.html")
     assert report.returncode == 0 and (work / "report.html").stat().st_size > 10_000
+
+
+def test_dictionaries_layers_and_matching(tiny):
+    """Two layers and a neuron layer from one forward pass; a trained, a random and a neuron dictionary;
+    the latents of each SAE aligned across the two layers and the explanations of matched pairs compared."""
+    work, _ = tiny
+    log = (work / "logs/wiki/smollm2/activations.log").read_text()
+    assert "['mlp_act.3', 'resid_post.2', 'resid_post.3']" in log  # one pass for the three hookpoints
+    results = work / "results/wiki/smollm2"
+    n_tokens = 64 * 63  # BOS rows are never encoded
+    stats = pd.concat(pd.read_parquet(p) for p in (results / "mlp_act.3/neurons-top8/latents").glob("stats-*"))
+    assert len(stats) == 1536 and 0.99 * 8 * n_tokens <= stats["count"].sum() <= 8 * n_tokens
+    meta = yaml.safe_load((results / "mlp_act.3/neurons-top8/dictionary/dictionary.json").read_text())
+    assert meta["d_in"] == 1536 and meta["d_out"] == 576 and meta["meta"]["out_hookpoint"] == "mlp_out.3"
+    layers = pd.read_parquet(work / "results/summary/crosslayer.parquet").set_index("dictionary")
+    assert set(layers.index) == {"topk-128", "random-128"} and (layers["n_matched"] == 128).all()
+    assert (layers["n_explained_pairs"] >= 2).all()  # partners: matched latents are explained on both layers
+    assert layers["mean_similarity_matched"].between(-1, 1).all()
+    # independent random inits on the two layers: matched directions are far from parallel
+    assert layers.loc["random-128", "mean_cosine"] < 0.5
+    assert (work / "results/summary/crosslayer.png").stat().st_size > 1000
+    subjects = set(pd.read_parquet(work / "results/summary/subjects.parquet")["subject"])
+    assert {"trained SAE", "trained SAE, random explanation", "random SAE, top-tokens"} <= subjects
+    assert "neurons top-8, top-tokens" in subjects
 
 
 def test_nothing_changed_reruns_nothing(tiny):
@@ -108,7 +139,7 @@ def test_scorer_parameter_reruns_only_that_scorer(tiny):
     changed = yaml.safe_load(yaml.safe_dump(config))
     changed["scorers"]["fuzzing"]["examples_per_prompt"] = 2
     jobs = planned_jobs(work, changed)
-    assert rules_of(jobs) == ["score", "summarize"]
+    assert rules_of(jobs) == ["estimate", "score", "summarize"]
     assert all("/fuzzing/" in out for rule, out in jobs if rule == "score")
     assert len([j for j in jobs if j[0] == "score"]) == 2  # one per shard
 
@@ -120,7 +151,8 @@ def test_explainer_change_reruns_explanations_scores_summary(tiny):
     jobs = planned_jobs(work, changed)
     assert "explain" in rules_of(jobs) and "explain_top_tokens" not in rules_of(jobs)
     # the random baseline draws from qwen's explanations, so it follows; top-tokens' scores do not
-    assert all("/qwen/" in out or "/random/" in out for rule, out in jobs if rule != "summarize")
+    downstream = ("estimate", "summarize", "summarize_crosslayer")
+    assert all("/qwen/" in out or "/random/" in out for rule, out in jobs if rule not in downstream)
     assert not any(rule.startswith(("cache", "train", "encode", "sample")) for rule in rules_of(jobs))
 
 
@@ -129,7 +161,8 @@ def test_new_layer_adds_only_its_chain(tiny):
     changed = yaml.safe_load(yaml.safe_dump(config))
     changed["runs"][0]["hookpoints"] = ["resid_post.3", "resid_post.5"]
     jobs = planned_jobs(work, changed)
-    assert all("resid_post.5" in out for rule, out in jobs if rule not in ("all", "summarize"))
+    summaries = ("all", "estimate", "summarize", "summarize_crosslayer")
+    assert all("resid_post.5" in out for rule, out in jobs if rule not in summaries)
     assert "cache_activations" in rules_of(jobs) and "prepare_model" not in rules_of(jobs)
     assert "tokenize_corpus" not in rules_of(jobs)
 
@@ -139,7 +172,7 @@ def test_changed_layer_reruns_that_chain_only(tiny):
     changed = yaml.safe_load(yaml.safe_dump(config))
     changed["runs"][0]["hookpoints"] = ["resid_post.4"]
     jobs = planned_jobs(work, changed)
-    assert {rule for rule, out in jobs if "resid_post.4" not in out} <= {"all", "summarize"}
+    assert {rule for rule, out in jobs if "resid_post.4" not in out} <= {"all", "estimate", "summarize"}
     assert "tokenize_corpus" not in rules_of(jobs)
 
 
@@ -149,7 +182,7 @@ def test_added_scorer_adds_only_its_jobs(tiny):
     changed["scorers"]["detection-3"] = dict(changed["scorers"]["detection"], examples_per_prompt=3)
     changed["runs"][0]["scorers"].append("detection-3")
     jobs = planned_jobs(work, changed)
-    assert rules_of(jobs) == ["score", "summarize"]
+    assert rules_of(jobs) == ["estimate", "score", "summarize"]
     assert all("/detection-3/" in out for rule, out in jobs if rule == "score")
 
 

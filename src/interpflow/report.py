@@ -198,13 +198,25 @@ def html_page(sections: dict[str, pd.DataFrame], out_path: str | os.PathLike) ->
         tmp.write_text(f"<html>{head}<body>{''.join(parts)}</body></html>", encoding="utf-8")
 
 
-def summarize(records: list[dict], outputs: dict[str, str]) -> pd.DataFrame:
-    """Write every summary output (keys: table, aggregates, subjects, correlations, costs, figure,
-    subjects_figure, heatmap, html)."""
+def summarize(
+    records: list[dict], outputs: dict[str, str], estimate: str | os.PathLike | None = None
+) -> pd.DataFrame:
+    """Write every summary output (keys: table, aggregates, subjects, correlations, costs, spent (with an
+    estimate), figure, subjects_figure, heatmap, html)."""
     table, explanations = collect(records)
     agg, corr, cost = aggregate(table), correlations(table), costs(table, explanations)
     by_subject = aggregate(table, by=["subject"])
-    frames = [("table", table), ("aggregates", agg), ("subjects", by_subject), ("correlations", corr), ("costs", cost)]
+    frames = [
+        ("table", table),
+        ("aggregates", agg),
+        ("subjects", by_subject),
+        ("correlations", corr),
+        ("costs", cost),
+    ]
+    if estimate is not None:  # what the run was expected to cost beside what it spent
+        from interpflow.estimate import compare
+
+        frames.append(("spent", compare(read_parquet(estimate), cost)))
     for name, frame in frames:
         write_parquet(frame, outputs[name])
     plot_scores(table, outputs["figure"])
@@ -229,6 +241,9 @@ def summarize(records: list[dict], outputs: dict[str, str]) -> pd.DataFrame:
             "Scores by kind of subject (median, 95% bootstrap CI)": by_subject,
             "Scores (median, 95% bootstrap CI)": agg,
             "Cost": cost,
+            **(
+                {"Estimated before the run, and spent": dict(frames)["spent"]} if estimate is not None else {}
+            ),
             "Spearman between scorers": corr,
             "Latents": table[[c for c in shown if c in table.columns]].sort_values(["scorer", "latent"]),
         },

@@ -109,7 +109,8 @@ def _hard_settings(cfg: dict, n_nonactivating: int) -> tuple[str, int, int]:
     method = hard.get("method", "none")
     if method not in HARD_METHODS:
         raise ValueError(f"hard_negatives.method must be one of {HARD_METHODS}, got {method!r}")
-    n, top_k = hard.get("n", n_nonactivating), hard.get("top_k", 5)
+    n, top_k = hard.get("n"), hard.get("top_k", 5)
+    n = n_nonactivating if n is None else n
     for key, value, low in (("n", n, 0), ("top_k", top_k, 1)):
         if not isinstance(value, int) or value < low:
             raise ValueError(f"hard_negatives.{key} must be an integer >= {low}, got {value!r}")

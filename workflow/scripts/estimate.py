@@ -1,0 +1,5 @@
+from interpflow.estimate import write_estimate
+from interpflow.steps import logged
+
+with logged(snakemake.log[0]):
+    write_estimate(snakemake.params.cfg, snakemake.output[0])
