@@ -157,6 +157,14 @@ def partner_matches(w):
                   hookpoint_a=a, hookpoint_b=w.hookpoint)  # fmt: skip
 
 
+def with_budget(entry):
+    """An explainer or scorer entry whose llm block carries the run's budget, when one is set."""
+    budget = {k: v for k, v in config["budget"].items() if v is not None}
+    if not (budget and entry.get("llm")):
+        return entry
+    return dict(entry, llm=dict(entry["llm"], budget=budget))
+
+
 def scorer_model(w):
     """The prepared model a surprisal or intervention scorer reads text with: its own, or the subject."""
     name = config["scorers"][w.scorer].get("scorer_model") or w.model

@@ -16,7 +16,7 @@ rule train_sae:
     threads: 2
     resources:
         mem_mb=8000,
-        gpu=gpu_count,
+        gpu=lambda w: wants_gpu(config["dictionaries"][w.dictionary]["device"]),
     params:
         cfg=slice_of("dictionaries", "dictionary"),
     script:

@@ -16,7 +16,7 @@ rule explain:
     resources:
         mem_mb=6000,
     params:
-        cfg=slice_of("explainers", "explainer"),
+        cfg=lambda w: with_budget(config["explainers"][w.explainer]),
         cache_dir=config["llm_cache"],
     script:
         "../workflow/scripts/explain.py"

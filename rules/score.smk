@@ -18,7 +18,7 @@ rule score:
     resources:
         mem_mb=6000,
     params:
-        cfg=lambda w: dict(config["scorers"][w.scorer], name=w.scorer),
+        cfg=lambda w: with_budget(dict(config["scorers"][w.scorer], name=w.scorer)),
         cache_dir=config["llm_cache"],
     script:
         "../workflow/scripts/score.py"
@@ -65,6 +65,7 @@ rule score_surprisal:
     threads: 2
     resources:
         mem_mb=8000,
+        gpu=gpu_count,
     params:
         cfg=lambda w: dict(config["scorers"][w.scorer], name=w.scorer),
         model_cfg=lambda w: config["models"][config["scorers"][w.scorer].get("scorer_model") or w.model],
@@ -93,6 +94,7 @@ rule score_intervention:
     threads: 1  # many tiny forward passes: a second thread only adds hand-offs
     resources:
         mem_mb=8000,
+        gpu=gpu_count,
     params:
         cfg=lambda w: dict(config["scorers"][w.scorer], name=w.scorer),
         model_cfg=lambda w: config["models"][w.model],

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import hashlib
 import json
 import logging
 import os
 import random
+import socket
 import threading
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,8 @@ LOCAL_PREFIX = "local/"
 MAX_BACKOFF_S = 60.0
 MAX_RETRY_AFTER_S = 300.0
 RETRYABLE_STATUS = {408, 409, 429}
+BUDGET_KEYS = ("max_usd", "max_tokens", "ledger")
+LEDGER_REFRESH_S = 1.0  # how stale other processes' spending may be when checked
 
 
 @dataclass(frozen=True)
@@ -42,7 +47,7 @@ class Completion:
     text: str | None
     """The reply; None unless status is "ok"."""
     status: str
-    """"ok" or "error"."""
+    """"ok", "error", or "budget" (not sent: the run's LLM budget is spent)."""
     error: str
     """"" when ok, else a short reason (API keys scrubbed)."""
     prompt_tokens: int
@@ -82,14 +87,25 @@ def _error_text(exc: BaseException, limit: int = 500) -> str:
 
 
 def _retry_after(exc: BaseException) -> float | None:
-    """Seconds the server asked us to wait (Retry-After), if the exception carries it."""
-    for headers in (getattr(exc, "headers", None), getattr(getattr(exc, "response", None), "headers", None)):
+    """Seconds the server asked us to wait (Retry-After: seconds or an HTTP date), if the error carries it."""
+    # litellm keeps the provider's headers in litellm_response_headers; its `response` is a stand-in
+    places = (getattr(exc, "litellm_response_headers", None), getattr(exc, "headers", None),
+              getattr(getattr(exc, "response", None), "headers", None))  # fmt: skip
+    for headers in places:
         try:
             value = headers.get("retry-after") if headers else None
-            if value is not None:
-                return min(MAX_RETRY_AFTER_S, max(0.0, float(value)))
-        except (AttributeError, TypeError, ValueError):  # an HTTP date or an odd header object: use backoff
+        except (AttributeError, TypeError):  # an odd header object
             continue
+        if value is None:
+            continue
+        try:
+            wait = float(value)
+        except ValueError:
+            try:
+                wait = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+            except (TypeError, ValueError):
+                continue
+        return min(MAX_RETRY_AFTER_S, max(0.0, wait))
     return None
 
 
@@ -147,6 +163,91 @@ def _completion_from_json(d: dict, latency_s: float) -> Completion:
     return Completion(**fields, latency_s=latency_s, cached=True, logprobs=lps, cached_tokens=cached_tokens)
 
 
+def check_budget(budget: dict | None) -> dict | None:
+    """Validate a `budget` mapping (max_usd, max_tokens, optional ledger folder); None means no limit."""
+    if budget is None:
+        return None
+    if not isinstance(budget, dict):
+        raise ValueError(f"budget must be a mapping with keys {BUDGET_KEYS}, got {budget!r}")
+    if unknown := sorted(set(budget) - set(BUDGET_KEYS)):
+        raise ValueError(f"budget has unknown keys {unknown}; allowed: {list(BUDGET_KEYS)}")
+    for key, kind in (("max_usd", (int, float)), ("max_tokens", (int,))):
+        value = budget.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kind) or value < 0):
+            raise ValueError(f"budget.{key} must be null or a number >= 0, got {value!r}")
+    return dict(budget)
+
+
+class SpendLedger:
+    """Tokens and dollars of uncached LLM replies, shared across processes through a folder.
+
+    Each ledger appends JSON lines to its own file (so writers never contend); totals sum every file of
+    the folder, re-reading other files only from where it left off and at most every LEDGER_REFRESH_S.
+    Without a folder the ledger only counts this process's spending.
+    """
+
+    def __init__(self, folder: str | Path | None):
+        self.folder = None if folder is None else Path(folder)
+        name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
+        self.path = None if self.folder is None else self.folder / name
+        self.tokens, self.usd, self.unpriced = 0, 0.0, 0  # this ledger's own spending
+        self._others: dict[str, tuple[int, int, float]] = {}  # file name -> (bytes read, tokens, usd)
+        self._scanned = -float("inf")
+        self._lock = threading.Lock()
+
+    def record(self, model: str, prompt_tokens: int, completion_tokens: int, cost_usd: float | None) -> None:
+        """Add one reply's spending (unknown prices count as $0 and are tallied as unpriced)."""
+        line = {"time": time.time(), "model": model, "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens, "cost_usd": cost_usd}  # fmt: skip
+        with self._lock:
+            self.tokens += prompt_tokens + completion_tokens
+            self.usd += cost_usd or 0.0
+            self.unpriced += cost_usd is None
+            if self.path is None:
+                return
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with open(self.path, "a", encoding="utf-8") as f:  # one short write: lines never interleave
+                    f.write(json.dumps(line) + "\n")
+            except OSError as exc:  # this process still counts it; other processes will not see it
+                log.warning("could not write the LLM spend ledger %s: %s", self.path, exc)
+
+    def _read_others(self) -> None:
+        """Fold in what other ledgers of the folder appended since the last look."""
+        if self.folder is None or not self.folder.is_dir():
+            return
+        for entry in os.scandir(self.folder):
+            if not entry.name.endswith(".jsonl") or self.path is not None and entry.name == self.path.name:
+                continue
+            done, tokens, usd = self._others.get(entry.name, (0, 0, 0.0))
+            if entry.stat().st_size <= done:
+                continue
+            with open(entry.path, "rb") as f:
+                f.seek(done)
+                chunk = f.read()
+            chunk = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written is read next time
+            for raw in chunk.splitlines():
+                try:
+                    rec = json.loads(raw)
+                    tokens += int(rec["prompt_tokens"]) + int(rec["completion_tokens"])
+                    usd += float(rec["cost_usd"] or 0.0)
+                except (ValueError, KeyError, TypeError):
+                    log.warning("ignoring a corrupt line of the LLM spend ledger %s", entry.path)
+            self._others[entry.name] = (done + len(chunk), tokens, usd)
+
+    def totals(self, max_age_s: float = LEDGER_REFRESH_S) -> tuple[int, float]:
+        """(tokens, usd) spent by every ledger of the folder; others' part at most `max_age_s` old."""
+        with self._lock:
+            if time.monotonic() - self._scanned >= max_age_s:
+                try:
+                    self._read_others()
+                except OSError as exc:  # keep the last known totals rather than failing the request
+                    log.warning("could not read the LLM spend ledger %s: %s", self.folder, exc)
+                self._scanned = time.monotonic()
+            others = self._others.values()
+            return self.tokens + sum(t for _, t, _ in others), self.usd + sum(u for _, _, u in others)
+
+
 class LLMClient:
     """An async chat client over litellm with a disk cache, retries and a concurrency bound."""
 
@@ -169,6 +270,7 @@ class LLMClient:
         extra: dict | None = None,
         retry_base_s: float = 1.0,
         n_threads: int | None = None,
+        budget: dict | None = None,
     ):
         if max_concurrency < 1 or max_retries < 0 or max_tokens < 1:
             raise ValueError("llm: max_concurrency and max_tokens must be >= 1, max_retries >= 0")
@@ -189,6 +291,12 @@ class LLMClient:
         self._rng = random.Random(seed)  # backoff jitter only
         self._sem: asyncio.Semaphore | None = None
         self._sem_loop: asyncio.AbstractEventLoop | None = None
+        self.budget = check_budget(budget)
+        self.ledger = None
+        if self.budget is not None:
+            default = None if self.cache_dir is None else self.cache_dir / "spend"
+            self.ledger = SpendLedger(self.budget.get("ledger") or default)
+        self._warned: set[str] = set()  # budget warnings already logged, each once per client
 
     @classmethod
     def from_config(cls, cfg: dict, *, cache_dir=None, local_gguf=None) -> LLMClient:
@@ -233,17 +341,20 @@ class LLMClient:
             return None
         try:
             return _completion_from_json(json.loads(path.read_text("utf-8")), time.perf_counter() - start)
-        except (ValueError, KeyError, TypeError) as exc:
-            log.warning("ignoring corrupt LLM cache entry %s: %s", path, exc)
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # unreadable: ask the provider again
+            log.warning("ignoring unreadable LLM cache entry %s: %s", path, exc)
             return None
 
     def _cache_put(self, key: str, completion: Completion) -> None:
-        """Store a successful completion atomically."""
+        """Store a successful completion atomically (a failed write costs a re-ask later, not the reply)."""
         path = self._cache_path(key)
         if path is None or completion.status != "ok":
             return
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(_completion_to_json(completion), ensure_ascii=False), "utf-8")
+        try:
+            with atomic_path(path) as tmp:
+                tmp.write_text(json.dumps(_completion_to_json(completion), ensure_ascii=False), "utf-8")
+        except OSError as exc:
+            log.warning("could not cache an LLM reply in %s: %s", path, exc)
 
     def _ensure_local(self) -> None:
         """Load the local GGUF and register it with litellm, once."""
@@ -300,10 +411,14 @@ class LLMClient:
         """litellm's price of a response; 0.0 for local models; None when unknown."""
         if self.is_local:
             return 0.0
-        try:
-            cost = _litellm().completion_cost(completion_response=response)
-        except Exception:  # unmapped models and self-hosted servers have no price
-            return None
+        hidden = getattr(response, "_hidden_params", None) or {}
+        if "response_cost" in hidden:  # litellm priced it while logging the call; pricing again costs ~1 ms
+            cost = hidden["response_cost"]
+        else:
+            try:
+                cost = _litellm().completion_cost(completion_response=response)
+            except Exception:  # unmapped models and self-hosted servers have no price
+                return None
         return None if cost is None else float(cost)
 
     def _to_completion(self, response: Any, latency_s: float) -> Completion:
@@ -326,24 +441,64 @@ class LLMClient:
             cached_tokens=cached_tokens,
         )  # fmt: skip
 
+    def _over_budget(self) -> str | None:
+        """Why no further uncached request may be sent (the budget is spent), or None."""
+        if self.ledger is None:
+            return None
+        tokens, usd = self.ledger.totals()
+        cap_tokens, cap_usd = self.budget.get("max_tokens"), self.budget.get("max_usd")
+        where = f" (spend ledger: {self.ledger.folder})" if self.ledger.folder else ""
+        if cap_tokens is not None and tokens >= cap_tokens:
+            return f"budget reached: {tokens:,} LLM tokens spent, budget.max_tokens is {cap_tokens:,}{where}"
+        # a local model costs nothing, so a dollar cap never stops it
+        if cap_usd is not None and usd >= cap_usd and not self.is_local:
+            return f"budget reached: ${usd:.4f} spent, budget.max_usd is {cap_usd}{where}"
+        return None
+
+    def _spent(self, c: Completion) -> None:
+        """Record an uncached reply in the spend ledger (warn once if its price is unknown)."""
+        if self.ledger is None:
+            return
+        self.ledger.record(self.model, c.prompt_tokens, c.completion_tokens, c.cost_usd)
+        if c.cost_usd is None and self.budget.get("max_usd") is not None and "unpriced" not in self._warned:
+            self._warned.add("unpriced")
+            log.warning("litellm has no price for %s: budget.max_usd cannot limit it (budget.max_tokens can)",
+                        self.model)  # fmt: skip
+
+    def _failure(self, status: str, error: str, latency_s: float) -> Completion:
+        """A Completion that carries no reply; its price is unknown unless it was never sent (budget)."""
+        cost = 0.0 if status == "budget" else None
+        return Completion(None, status, error, 0, 0, cost, latency_s, False, None)
+
     async def acomplete(self, messages: list[dict]) -> Completion:
-        """Answer one chat request; failures come back as status "error", never as an exception."""
+        """Answer one chat request; failures come back as status "error" or "budget", never as exceptions."""
         start = time.perf_counter()
         key = self.cache_key(messages)
         if (hit := self._cache_get(key, start)) is not None:
             return hit
         async with self._semaphore():
             start = time.perf_counter()  # latency of the call itself, not of waiting for a slot
+            if (reason := self._over_budget()) is not None:  # checked per request: other processes spend too
+                if "spent" not in self._warned:
+                    self._warned.add("spent")
+                    log.warning("%s: further uncached requests are not sent: %s", self.model, reason)
+                return self._failure("budget", reason, 0.0)
             try:
                 if self.is_local and self.local_model is None:
                     await asyncio.to_thread(self._ensure_local)
                 response = await self._call(messages)
-                completion = self._to_completion(response, time.perf_counter() - start)
             except Exception as exc:
                 log.warning("%s request failed: %s", self.model, _error_text(exc, 200))
-                latency = time.perf_counter() - start
-                return Completion(None, "error", _error_text(exc), 0, 0, None, latency, False, None)
-        self._cache_put(key, completion)
+                return self._failure("error", _error_text(exc), time.perf_counter() - start)
+            latency = time.perf_counter() - start
+        # the slot is free again: reading and storing the reply is not a request to the provider
+        try:
+            completion = self._to_completion(response, latency)
+        except Exception as exc:  # a response litellm accepted but that holds no usable choice
+            log.warning("%s sent an unreadable response: %s", self.model, _error_text(exc, 200))
+            return self._failure("error", _error_text(exc), latency)
+        self._spent(completion)
+        await asyncio.to_thread(self._cache_put, key, completion)  # file I/O off the event loop
         return completion
 
     async def _gather(self, requests: list[list[dict]], desc: str) -> list[Completion]:
