@@ -18,7 +18,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 
-.PHONY: setup run test lint bench report clean
+.PHONY: setup run test lint bench estimate clean
 
 setup: $(STAMP)
 
@@ -49,6 +49,10 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/run.py
+
+# What the config would cost (LLM calls, tokens, dollars, forward tokens), before anything runs.
+estimate: setup
+	$(PY) -m interpflow.estimate config/config.yaml
 
 clean:
 	rm -rf results logs .snakemake

@@ -71,12 +71,16 @@ def run_hookpoints():
     return {key: sorted(hps) for key, hps in groups.items()}
 
 
-def pending_hookpoints():
-    """(corpus, model, hookpoints) whose activations are all missing, when more than one: one pass makes them."""
+def activation_rules():
+    """(rule name, corpus, model, hookpoints) of the activation rules: one per hookpoint for any corpus and
+    model, then one per (corpus, model) making in one pass every hookpoint still missing, when several are."""
+    rules_ = [("cache_activations", NAME, NAME, ["{hookpoint}"])]
     for (corpus, model), hps in run_hookpoints().items():
         missing = [h for h in hps if not os.path.exists(f"results/{corpus}/{model}/{h}/activations.h5")]
         if len(missing) > 1:
-            yield corpus, model, missing
+            name = re.sub(r"\W", "_", f"cache_activations_{corpus}_{model}")
+            rules_.append((name, re.escape(corpus), re.escape(model), missing))
+    return rules_
 
 
 def dictionary_source(w):

@@ -345,3 +345,18 @@ def test_unwritable_cache_and_ledger_cost_a_warning_not_the_reply(server, tmp_pa
     assert out[0].status == "ok" and out[0].text == "OK."
     assert "could not cache" in caplog.text and "could not write the LLM spend ledger" in caplog.text
     assert client.ledger.tokens == out[0].prompt_tokens + out[0].completion_tokens  # still counted here
+
+
+def test_an_outage_fails_the_step_and_writes_nothing(data, server):
+    """Every request failing (a dead server, a bad key) is not a result: the step raises, writes nothing, and
+    so Snakemake reruns it next time; the next run with the server back sends every prompt."""
+    server.fail_when(lambda body: True, "500")
+    with pytest.raises(RuntimeError, match="all 3 LLM requests of this explain step failed"):
+        explain(data, server, data / "cache")
+    assert not (data / "explanations.parquet").exists()
+    server.clear()
+    assert list(explain(data, server, data / "cache")["status"]) == ["ok", "ok", "ok", "skipped"]
+    server.fail_when(lambda body: True, "drop")
+    with pytest.raises(RuntimeError, match="detection step failed"):
+        score(data, server, data / "cache")
+    assert not (data / "detection" / "metrics.parquet").exists()

@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from .models import load_model
-from .store import atomic_path
+from .store import atomic_path, open_h5
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def cache_activations(
         parse_hookpoint(h)
     model, _ = load_model(model_spec, cfg)
     device = next(model.parameters()).device
-    with h5py.File(tokens_path, "r") as f:
+    with open_h5(tokens_path) as f:
         tokens = f["tokens"][:]
     n_seq, ctx_len = tokens.shape
     batch = cfg.get("batch_size", 8)

@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 
 from .models import load_tokenizer, package_dir
-from .store import atomic_path
+from .store import atomic_path, read_parquet
 
 log = logging.getLogger(__name__)
 
@@ -27,22 +27,37 @@ def wiki_offline_texts() -> list[str]:
     return [e["extract"] for e in entries.values() if e.get("extract")]
 
 
+def jsonl_rows(p: Path) -> list[dict]:
+    """The records of a JSON-lines file, naming the file and line of one that is not JSON."""
+    rows = []
+    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"corpus file {p}, line {i}: not JSON ({exc})") from exc
+    return rows
+
+
 def file_texts(path: str, source: str, field: str) -> list[str]:
     """Documents of a local text (one per blank-line-separated paragraph), jsonl or Parquet file."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"corpora.*.path: corpus file not found: {p}")
     if source == "text":
-        return [t.strip() for t in p.read_text(encoding="utf-8").split("\n\n") if t.strip()]
-    if source == "jsonl":
-        rows = [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+        texts = [t.strip() for t in p.read_text(encoding="utf-8").split("\n\n") if t.strip()]
     else:
-        import pandas as pd
-
-        rows = pd.read_parquet(p).to_dict("records")
-    if rows and field not in rows[0]:
-        raise ValueError(f"corpora.*.text_field: '{field}' is not a field of {p} (has {sorted(rows[0])})")
-    return [str(r[field]) for r in rows if r.get(field)]
+        if source == "jsonl":
+            rows = jsonl_rows(p)
+        else:
+            rows = read_parquet(p).to_dict("records")
+        if rows and field not in rows[0]:
+            raise ValueError(f"corpora.*.text_field: '{field}' is not a field of {p} (has {sorted(rows[0])})")
+        texts = [str(r[field]) for r in rows if r.get(field)]
+    if not texts:
+        raise ValueError(f"corpora.*.path: corpus file {p} holds no documents")
+    return texts
 
 
 def hf_texts(cfg: dict) -> Iterator[str]:
@@ -104,7 +119,8 @@ def build_tokens(cfg: dict, model_spec: str | os.PathLike, out_path: str | os.Pa
     docs = (tokenizer(t, add_special_tokens=False).input_ids for t in corpus_texts(cfg))
     tokens = pack_sequences(docs, n_sequences, ctx_len, bos, sep)
     if len(tokens) == 0:
-        raise ValueError(f"corpus ({cfg['source']}) has fewer tokens than one context of ctx_len={ctx_len}")
+        where = cfg.get("path") or cfg.get("hf_name") or cfg["source"]
+        raise ValueError(f"corpus {where} has fewer tokens than one context of ctx_len={ctx_len}")
     if len(tokens) < n_sequences:
         log.warning("corpus ran out: %d of n_sequences=%d sequences", len(tokens), n_sequences)
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:

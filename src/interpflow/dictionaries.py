@@ -741,11 +741,9 @@ def _gemma_scope_2(file: Path, cfg_path: Path) -> SparseDictionary:
 
 def _activations_width(path: str | os.PathLike) -> int:
     """The width of the activations a dictionary will encode (from the HDF5 file's shape)."""
-    import h5py
+    from interpflow.store import open_h5
 
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"missing activations file: {path}")
-    with h5py.File(path, "r") as f:
+    with open_h5(path) as f:
         if "activations" not in f or f["activations"].ndim != 2:
             raise ValueError(f"{path} lacks a 2-D dataset 'activations'")
         return int(f["activations"].shape[1])

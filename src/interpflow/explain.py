@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from interpflow import prompts
+from interpflow.llm import raise_on_outage
 from interpflow.store import read_parquet, write_parquet
 
 log = logging.getLogger(__name__)
@@ -225,6 +226,7 @@ def run_explain(
             out = explain_latents(examples, latents, cfg, owned)
     else:
         out = explain_latents(examples, latents, cfg, client)
+    raise_on_outage(out, "explain")
     write_parquet(out, out_path)
     counts = out["status"].value_counts().to_dict()
     log.info(

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import pandas as pd
 
-from interpflow.store import atomic_path, write_parquet
+from interpflow.store import atomic_path, open_h5, write_parquet
 
 if TYPE_CHECKING:
     import h5py
@@ -114,11 +114,9 @@ def encode_to_shards(
 
 def _open_activations(path: str | os.PathLike) -> tuple[h5py.File, h5py.Dataset, int, int]:
     """Open the activations file and check its shape against its n_seq/ctx_len attrs."""
-    import h5py
-
     if not Path(path).exists():
         raise FileNotFoundError(f"missing activations file: {path}")
-    f = h5py.File(path, "r")
+    f = open_h5(path)
     ds = f.get("activations")
     # the attrs may sit on the dataset or on the file
     attrs = {k: ds.attrs.get(k, f.attrs.get(k)) for k in ("n_seq", "ctx_len")} if ds is not None else {}

@@ -248,6 +248,28 @@ class SpendLedger:
             return self.tokens + sum(t for _, t, _ in others), self.usd + sum(u for _, _, u in others)
 
 
+def check_credentials(model: str, api_base: str | None = None) -> None:
+    """Raise before anything is sent when the provider's key (or base URL) is missing from the environment."""
+    missing = _litellm().validate_environment(model, api_base=api_base).get("missing_keys") or []
+    if missing:
+        raise ValueError(
+            f"llm model {model!r} needs {', '.join(missing)} in the environment (keys are read from the "
+            "environment only, never from the config)"
+        )
+
+
+def raise_on_outage(table, what: str) -> None:
+    """Fail a step, writing nothing, when every LLM request it made failed (the budget aside): that is an
+    outage or a wrong setting, not a result; a failed job is rerun next time, a written one is not."""
+    asked = table[table["status"].isin(["ok", "parse_error", "llm_error"])]
+    errors = asked["error"].fillna("").astype(str)
+    if len(asked) and (asked["status"] == "llm_error").all() and not errors.str.startswith("budget").any():
+        raise RuntimeError(
+            f"all {len(asked)} LLM requests of this {what} step failed; nothing was written, so rerunning "
+            f"retries it. First error: {errors.iloc[0]}"
+        )
+
+
 class LLMClient:
     """An async chat client over litellm with a disk cache, retries and a concurrency bound."""
 
@@ -312,6 +334,8 @@ class LLMClient:
         if "model" not in cfg:
             raise ValueError("llm config needs a 'model' key")
         given = {"cache_dir": cache_dir, "local_gguf": local_gguf}
+        if not cfg["model"].startswith(LOCAL_PREFIX):
+            check_credentials(cfg["model"], cfg.get("api_base"))
         return cls(**cfg | {k: v for k, v in given.items() if v is not None})
 
     @property

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from interpflow.store import atomic_path
+from interpflow.store import atomic_path, open_h5
 
 __all__ = [
     "ForwardOutput",
@@ -448,7 +448,6 @@ def train_sae_from_h5(
     activations_path: str | os.PathLike, cfg: dict, out_dir: str | os.PathLike, *, device: str = "auto"
 ) -> dict:
     """Train an SAE on activations.h5 (skipping BOS rows), save it to out_dir and return its metrics."""
-    import h5py
 
     path = Path(activations_path)
     if not path.is_file():
@@ -457,7 +456,7 @@ def train_sae_from_h5(
         device = cfg.get("device") or "auto"
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    with h5py.File(path, "r") as f:
+    with open_h5(path) as f:
         if "activations" not in f:
             raise ValueError(f"{path} has no dataset 'activations'")
         ds = f["activations"]
@@ -501,12 +500,11 @@ def _plain(v: Any) -> Any:
 
 def random_sae_from_h5(activations_path: str | os.PathLike, cfg: dict) -> TopKSAE:
     """A TopK SAE of the configured shape left at the trained SAE's initialisation: a control dictionary."""
-    import h5py
 
     path = Path(activations_path)
     if not path.is_file():
         raise FileNotFoundError(f"missing activations file: {path}")
-    with h5py.File(path, "r") as f:
+    with open_h5(path) as f:
         if "activations" not in f:
             raise ValueError(f"{path} has no dataset 'activations'")
         ds = f["activations"]

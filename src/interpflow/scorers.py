@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from interpflow import prompts
+from interpflow.llm import raise_on_outage
 from interpflow.metrics import METRIC_COLUMNS, latent_metrics
 from interpflow.sampling import select_test_examples
 from interpflow.store import atomic_path, read_parquet, write_parquet
@@ -344,6 +345,7 @@ def run_llm_scorer(
     ) as judge:
         predictions, metrics = score(examples, explanations, cfg, judge)
     name = str(cfg.get("name") or cfg.get("kind"))
+    raise_on_outage(predictions, name)
     save_scores(predictions, metrics, predictions_out, metrics_out, name, time.perf_counter() - t0, schema)
 
 
