@@ -39,7 +39,9 @@ run: setup
 	$(VENV)/bin/snakemake --cores $(CORES) --report results/report.html
 	@echo "report: $(CURDIR)/results/report.html"
 
+# The tests include a real one-node SLURM cluster (as root), so they need the SLURM executor plugin.
 test: setup
+	@$(PY) -c "import snakemake_executor_plugin_slurm" 2>/dev/null || $(PIP) install -q -e ".[slurm]"
 	$(VENV)/bin/pytest -q
 
 lint: setup

@@ -26,6 +26,13 @@ include: "rules/crosslayer.smk"
 include: "rules/summary.smk"
 
 
+localrules:
+    all,
+    estimate,
+    summarize,
+    summarize_crosslayer,
+
+
 rule all:
     default_target: True
     input:

@@ -21,7 +21,8 @@ for rule_name, corpus, model, hookpoints in activation_rules():
             "../envs/interpflow.yaml"
         threads: 2
         resources:
-            mem_mb=8000,
+            mem_mb=lambda w, attempt: 8000 * attempt,
+            runtime=lambda w, attempt: 120 * attempt,  # minutes, on a cluster (the shared rule has no fixed name)
             gpu=gpu_count,
         params:
             cfg=slice_of("models", "model"),

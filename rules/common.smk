@@ -169,6 +169,12 @@ def with_budget(entry):
     return dict(entry, llm=dict(entry["llm"], budget=budget))
 
 
+def scorer_gpu(w):
+    """The GPUs a surprisal or intervention job declares: its scorer model's device decides."""
+    name = config["scorers"][w.scorer].get("scorer_model") or w.model
+    return max(gpu_count(w), wants_gpu(config["models"][name]["device"]))
+
+
 def scorer_model(w):
     """The prepared model a surprisal or intervention scorer reads text with: its own, or the subject."""
     name = config["scorers"][w.scorer].get("scorer_model") or w.model

@@ -9,7 +9,7 @@ rule tokenize_corpus:
     conda:
         "../envs/interpflow.yaml"
     resources:
-        mem_mb=4000,
+        mem_mb=lambda w, attempt: 4000 * attempt,
     params:
         cfg=slice_of("corpora", "corpus"),
     script:

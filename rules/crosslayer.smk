@@ -14,7 +14,7 @@ rule match_layers:
         "../envs/interpflow.yaml"
     threads: 2
     resources:
-        mem_mb=8000,
+        mem_mb=lambda w, attempt: 8000 * attempt,
     params:
         cfg=config["cross_layer"],
     script:
@@ -35,7 +35,7 @@ rule compare_layer_explanations:
         "../envs/interpflow.yaml"
     threads: 2
     resources:
-        mem_mb=4000,
+        mem_mb=lambda w, attempt: 4000 * attempt,
     params:
         cfg=config["cross_layer"],
     script:

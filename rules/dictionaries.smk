@@ -15,7 +15,7 @@ rule train_sae:
         "../envs/interpflow.yaml"
     threads: 2
     resources:
-        mem_mb=8000,
+        mem_mb=lambda w, attempt: 8000 * attempt,
         gpu=lambda w: wants_gpu(config["dictionaries"][w.dictionary]["device"]),
     params:
         cfg=slice_of("dictionaries", "dictionary"),
@@ -37,7 +37,7 @@ rule prepare_dictionary:
         "../envs/interpflow.yaml"
     threads: 2
     resources:
-        mem_mb=8000,
+        mem_mb=lambda w, attempt: 8000 * attempt,
     params:
         cfg=lambda w: dict(config["dictionaries"][w.dictionary], name=w.dictionary),
         model_cfg=slice_of("models", "model"),

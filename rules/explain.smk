@@ -14,7 +14,7 @@ rule explain:
         "../envs/interpflow.yaml"
     threads: 2
     resources:
-        mem_mb=6000,
+        mem_mb=lambda w, attempt: 6000 * attempt,
     params:
         cfg=lambda w: with_budget(config["explainers"][w.explainer]),
         cache_dir=config["llm_cache"],

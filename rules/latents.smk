@@ -12,7 +12,7 @@ rule encode_latents:
         "../envs/interpflow.yaml"
     threads: 2
     resources:
-        mem_mb=8000,
+        mem_mb=lambda w, attempt: 8000 * attempt,
         gpu=gpu_count,
     params:
         store=lambda w: dict(config["latent_store"], shard_size=shard_size(w.dictionary)),

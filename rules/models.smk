@@ -10,7 +10,7 @@ rule prepare_model:
         "../envs/interpflow.yaml"
     threads: 2
     resources:
-        mem_mb=8000,
+        mem_mb=lambda w, attempt: 8000 * attempt,
     params:
         cfg=slice_of("models", "model"),
     script:

@@ -13,7 +13,7 @@ rule sample_examples:
     conda:
         "../envs/interpflow.yaml"
     resources:
-        mem_mb=4000,
+        mem_mb=lambda w, attempt: 4000 * attempt,
     params:
         cfg=slice_of("samplers", "sampler"),
         shard_size=lambda w: shard_size(w.dictionary),

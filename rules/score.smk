@@ -16,7 +16,7 @@ rule score:
         "../envs/interpflow.yaml"
     threads: 2
     resources:
-        mem_mb=6000,
+        mem_mb=lambda w, attempt: 6000 * attempt,
     params:
         cfg=lambda w: with_budget(dict(config["scorers"][w.scorer], name=w.scorer)),
         cache_dir=config["llm_cache"],
@@ -40,7 +40,7 @@ rule score_embedding:
         "../envs/interpflow.yaml"
     threads: 2
     resources:
-        mem_mb=4000,
+        mem_mb=lambda w, attempt: 4000 * attempt,
     params:
         cfg=lambda w: dict(config["scorers"][w.scorer], name=w.scorer),
     script:
@@ -64,8 +64,8 @@ rule score_surprisal:
         "../envs/interpflow.yaml"
     threads: 2
     resources:
-        mem_mb=8000,
-        gpu=gpu_count,
+        mem_mb=lambda w, attempt: 8000 * attempt,
+        gpu=scorer_gpu,
     params:
         cfg=lambda w: dict(config["scorers"][w.scorer], name=w.scorer),
         model_cfg=lambda w: config["models"][config["scorers"][w.scorer].get("scorer_model") or w.model],
@@ -93,8 +93,8 @@ rule score_intervention:
         "../envs/interpflow.yaml"
     threads: 1  # many tiny forward passes: a second thread only adds hand-offs
     resources:
-        mem_mb=8000,
-        gpu=gpu_count,
+        mem_mb=lambda w, attempt: 8000 * attempt,
+        gpu=scorer_gpu,
     params:
         cfg=lambda w: dict(config["scorers"][w.scorer], name=w.scorer),
         model_cfg=lambda w: config["models"][w.model],

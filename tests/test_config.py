@@ -22,7 +22,7 @@ def test_shipped_configs_are_valid():
         config = load(name)
         check_config(config)
     assert config["samplers"]["small"]["min_activating"] is None  # defaults are filled in
-    assert config["models"]["smollm2"]["dtype"] == "float32"
+    assert config["models"]["smollm2"]["dtype"] == "auto"
 
 
 def test_unknown_key_is_named():

@@ -36,3 +36,10 @@ def test_missing_gguf_is_named(tmp_path):
             tmp_path / "v.parquet",
         )
     assert not (tmp_path / "m.json").exists()
+
+
+def test_auto_dtype_is_float32_on_cpu_and_names_are_mapped():
+    from interpflow.models import resolve_dtype
+
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16

@@ -150,13 +150,21 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """'auto' means bfloat16 on a GPU that supports it, else float32 (CPUs run float32 fastest)."""
+    if name == "auto":
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if bf16 else torch.float32
+    return DTYPES[name]
+
+
 def load_model(spec_path: str | os.PathLike, cfg: dict) -> tuple[torch.nn.Module, object]:
     """Load a prepared causal LM (eval mode, configured dtype and device) and its tokenizer."""
     from transformers import AutoModelForCausalLM
 
     spec = read_spec(spec_path)
     device = resolve_device(cfg.get("device", "auto"))
-    dtype = DTYPES[cfg.get("dtype", "float32")]
+    dtype = resolve_dtype(cfg.get("dtype", "auto"), device)
     start = time.perf_counter()
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -164,5 +172,5 @@ def load_model(spec_path: str | os.PathLike, cfg: dict) -> tuple[torch.nn.Module
         )
     except OSError as exc:
         raise FileNotFoundError(f"cannot load model from '{spec['path']}': {exc}") from exc
-    log.info("loaded model %s in %.1f s on %s", spec["path"], time.perf_counter() - start, device)
+    log.info("loaded model %s in %.1f s on %s (%s)", spec["path"], time.perf_counter() - start, device, dtype)
     return model.to(device).eval(), load_tokenizer_from_spec(spec)
