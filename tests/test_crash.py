@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import pandas as pd
 import pytest
@@ -132,7 +133,8 @@ def crashed(upstream, tmp_path_factory):
         server.latency_s = 0.0  # the rerun need not be slow
         run(work, "--unlock")
         rerun = run(work)  # the default profile sets --rerun-incomplete
-        client = LLMClient.from_config(config["explainers"]["api"]["llm"])
+        with mock.patch.dict(os.environ, ENV):  # the credentials check wants the key here too
+            client = LLMClient.from_config(config["explainers"]["api"]["llm"])
         return work, server, at_kill, rerun, client
 
 
