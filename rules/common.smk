@@ -1,9 +1,9 @@
-import itertools
 import math
 import os
 import re
 
-from interpflow.config import check_config, run_combinations
+from interpflow.config import check_config, layer_below, run_combinations
+from interpflow.config import layer_pairs as config_layer_pairs
 
 check_config(config)
 
@@ -96,31 +96,16 @@ def dictionary_source(w):
     return []
 
 
-def site_layer(hookpoint):
-    site, layer = hookpoint.rsplit(".", 1)
-    return site, int(layer)
-
-
 def layer_pairs():
-    """One record per (run, dictionary, same-site hookpoint pair, non-random explainer) to align across layers."""
-    cl = config["cross_layer"]
-    records = {}
-    for run in config["runs"] if cl["enabled"] else ():
-        hookpoints = sorted(run["hookpoints"], key=site_layer)
-        for a, b in itertools.combinations(hookpoints, 2):
-            (site_a, layer_a), (site_b, layer_b) = site_layer(a), site_layer(b)
-            if site_a != site_b or (cl["max_distance"] and layer_b - layer_a > cl["max_distance"]):
-                continue
-            for dictionary, explainer in itertools.product(run["dictionaries"], run["explainers"]):
-                if config["explainers"][explainer].get("kind", "llm") == "random":
-                    continue
-                w = dict(corpus=run["corpus"], model=run["model"], dictionary=dictionary, hookpoint_a=a,
-                         hookpoint_b=b, sampler=run["sampler"], explainer=explainer)  # fmt: skip
-                w["similarity"] = expand(rules.compare_layer_explanations.output[0], **w)[0]
-                w["matches"] = expand(rules.match_layers.output[0], **w)[0]
-                w["distance"] = layer_b - layer_a
-                records[w["similarity"]] = w
-    return list(records.values())
+    """One record per pair of layers aligned (interpflow.config.layer_pairs), with its two output files."""
+    return [
+        dict(
+            w,
+            similarity=expand(rules.compare_layer_explanations.output[0], **w)[0],
+            matches=expand(rules.match_layers.output[0], **w)[0],
+        )
+        for w in config_layer_pairs(config)
+    ]
 
 
 def match_latents_dirs(w):
@@ -144,19 +129,9 @@ def partner_matches(w):
     """With latents.partners, the matches from the nearest lower layer of the same site in a run, if any."""
     if not config["samplers"][w.sampler]["latents"]["partners"]:
         return []
-    site, layer = site_layer(w.hookpoint)
-    below = [
-        h
-        for run in config["runs"]
-        if (run["corpus"], run["model"], run["sampler"]) == (w.corpus, w.model, w.sampler)
-        and w.dictionary in run["dictionaries"]
-        and w.hookpoint in run["hookpoints"]
-        for h in run["hookpoints"]
-        if site_layer(h)[0] == site and site_layer(h)[1] < layer
-    ]
-    if not below:
+    a = layer_below(config, w.corpus, w.model, w.sampler, w.dictionary, w.hookpoint)
+    if a is None:
         return []
-    a = max(below, key=site_layer)
     return expand(rules.match_layers.output[0], corpus=w.corpus, model=w.model, dictionary=w.dictionary,
                   hookpoint_a=a, hookpoint_b=w.hookpoint)  # fmt: skip
 

@@ -1,4 +1,5 @@
 import copy
+from functools import partial
 
 import pytest
 import yaml
@@ -6,7 +7,7 @@ from conftest import REPO
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from interpflow.config import check_config, run_combinations
+from interpflow.config import check_config, layer_below, layer_pairs, run_combinations
 
 SCHEMA = str(REPO / "workflow/schemas/config.schema.yaml")
 
@@ -94,7 +95,8 @@ def test_dictionary_kinds_need_their_keys_and_hookpoints():
         "dictionaries.disk.format: required for kind 'pretrained'",
         "dictionaries.disk.path: required for kind 'pretrained'",
         "dictionaries.wide-k.k: 32 exceeds width 16",
-        "runs[0]: dictionary 'neurons-top8' (neurons) reads MLP neurons (mlp_act.<layer>), not ['resid_post.3']",
+        "runs[0]: dictionary 'neurons-top8' (neurons) reads MLP neurons (mlp_act.<layer>), "
+        "not ['resid_post.3']",
     ]:
         assert part in msg
 
@@ -106,3 +108,28 @@ def test_hookpoint_sites_are_checked_by_the_schema():
     config["runs"][0]["hookpoints"] = ["mlp.2"]
     with pytest.raises(WorkflowError, match="mlp.2"):
         validate(config, SCHEMA)
+
+
+def test_layer_pairs_and_the_layer_below():
+    config = load("tests/data/tiny.yaml")
+    pairs = layer_pairs(config)
+    assert sorted((p["dictionary"], p["hookpoint_a"], p["hookpoint_b"], p["distance"]) for p in pairs) == [
+        ("random-128", "resid_post.2", "resid_post.3", 1),
+        ("topk-128", "resid_post.2", "resid_post.3", 1),
+    ]
+    config["runs"][2]["hookpoints"] = ["resid_post.5", "mlp_out.2", "resid_post.2", "resid_post.3"]
+    pairs = {(p["hookpoint_a"], p["hookpoint_b"]) for p in layer_pairs(config)}
+    assert pairs == {
+        ("resid_post.2", "resid_post.3"),
+        ("resid_post.2", "resid_post.5"),
+        ("resid_post.3", "resid_post.5"),
+    }
+    config["cross_layer"]["max_distance"] = 2
+    assert ("resid_post.2", "resid_post.5") not in {
+        (p["hookpoint_a"], p["hookpoint_b"]) for p in layer_pairs(config)
+    }
+    below = partial(layer_below, config, "wiki", "smollm2", "partners", "topk-128")
+    assert below("resid_post.5") == "resid_post.3" and below("resid_post.2") is None
+    assert below("mlp_out.2") is None  # no lower layer of its site
+    config["cross_layer"]["enabled"] = False
+    assert layer_pairs(config) == []

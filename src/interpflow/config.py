@@ -107,3 +107,45 @@ def run_combinations(config: dict) -> Iterator[dict[str, str]]:
             if key not in seen:
                 seen.add(key)
                 yield combo
+
+
+def site_layer(hookpoint: str) -> tuple[str, int]:
+    """('resid_post', 6) of 'resid_post.6'."""
+    site, layer = hookpoint.rsplit(".", 1)
+    return site, int(layer)
+
+
+def layer_pairs(config: dict) -> list[dict]:
+    """Wildcards of each (run, dictionary, same-site hookpoint pair, non-random explainer) aligned across
+    layers, with the pair's layer `distance`; none when cross_layer.enabled is false."""
+    cl = config["cross_layer"]
+    records: dict[tuple, dict] = {}
+    for run in config["runs"] if cl["enabled"] else ():
+        for a, b in itertools.combinations(sorted(run["hookpoints"], key=site_layer), 2):
+            (site_a, layer_a), (site_b, layer_b) = site_layer(a), site_layer(b)
+            if site_a != site_b or (cl["max_distance"] and layer_b - layer_a > cl["max_distance"]):
+                continue
+            for dictionary, explainer in itertools.product(run["dictionaries"], run["explainers"]):
+                if config["explainers"][explainer].get("kind", "llm") == "random":
+                    continue
+                w = dict(corpus=run["corpus"], model=run["model"], dictionary=dictionary, hookpoint_a=a,
+                         hookpoint_b=b, sampler=run["sampler"], explainer=explainer)  # fmt: skip
+                records[tuple(w.values())] = w | {"distance": layer_b - layer_a}
+    return list(records.values())
+
+
+def layer_below(
+    config: dict, corpus: str, model: str, sampler: str, dictionary: str, hookpoint: str
+) -> str | None:
+    """The nearest lower hookpoint of the same site in a run having this one and this dictionary, if any."""
+    site, layer = site_layer(hookpoint)
+    below = [
+        h
+        for run in config["runs"]
+        if (run["corpus"], run["model"], run["sampler"]) == (corpus, model, sampler)
+        and dictionary in run["dictionaries"]
+        and hookpoint in run["hookpoints"]
+        for h in run["hookpoints"]
+        if site_layer(h)[0] == site and site_layer(h)[1] < layer
+    ]
+    return max(below, key=site_layer) if below else None
