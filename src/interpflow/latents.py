@@ -198,8 +198,11 @@ def _finalise_shard(
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     with atomic_path(shard_path) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("offsets", data=offsets, dtype=np.int64)
-        f.create_dataset("positions", data=pos, dtype=np.uint32)
-        f.create_dataset("values", data=val, dtype=np.float16)
+        # byte-shuffled deflate: ~2.6 bytes per nonzero instead of 6, transparent to every HDF5 reader
+        packed = {"chunks": (max(1, min(pos.size, 1 << 16)),), "maxshape": (None,), "shuffle": True,
+                  "compression": "gzip", "compression_opts": 1}  # fmt: skip
+        f.create_dataset("positions", data=pos, dtype=np.uint32, **packed)
+        f.create_dataset("values", data=val, dtype=np.float16, **packed)
         f.attrs.update(latent_start=start, latent_end=end)
         f.attrs.update({k: meta[k] for k in ("n_seq", "ctx_len", "n_tokens")})
     write_parquet(latent_stats(lat, val, start, end, meta["n_tokens"]), stats_path)

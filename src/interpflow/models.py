@@ -69,6 +69,9 @@ def convert_gguf(gguf: Path, out_dir: Path) -> None:
     if embed_key is None and "lm_head.weight" in state:
         base = model.base_model_prefix
         state[f"{base}.embed_tokens.weight"] = state["lm_head.weight"].clone()
+    if getattr(model.config, "tie_word_embeddings", False):
+        # tied: the embedding (stored just above) is the head; a second copy doubles file and load RSS
+        state.pop("lm_head.weight", None)
     save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
     check_same_outputs(model, out_dir, tokenizer)
 

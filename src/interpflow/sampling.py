@@ -146,6 +146,13 @@ def _hardest(score: np.ndarray, used: np.ndarray, n: int, rng: np.random.Generat
     return np.sort(cand[order[:n]])
 
 
+def _run_starts(sorted_ids: np.ndarray) -> np.ndarray:
+    """Index of the first element of each run of equal values in a sorted array (np.unique's return_index)."""
+    new = np.ones(sorted_ids.size, bool)
+    new[1:] = sorted_ids[1:] != sorted_ids[:-1]
+    return np.flatnonzero(new)
+
+
 def _sample_windows(
     pos: np.ndarray,
     vals: np.ndarray,
@@ -158,7 +165,8 @@ def _sample_windows(
     """Choose one latent's windows: returns (window ids, their split/activating/quantile/negative columns)."""
     # flat window id; ctx_len % L == 0 keeps every window inside one sequence
     wid = pos.astype(np.int64) // s["example_ctx_len"]
-    active, first = np.unique(wid, return_index=True)  # [n_act], sorted
+    first = _run_starts(wid)  # positions ascend within a latent, so window ids come in sorted runs
+    active = wid[first]  # [n_act], sorted
     max_act = np.maximum.reduceat(vals.astype(np.float32), first)
     rank = np.empty(active.size, np.int64)
     rank[np.argsort(max_act, kind="stable")] = np.arange(active.size)
@@ -311,6 +319,13 @@ def _example_rows(
     }
 
 
+def _concat(pieces: list) -> np.ndarray | list:
+    """Join one column's per-latent pieces (arrays, or lists of per-row arrays)."""
+    if isinstance(pieces[0], list):
+        return [row for piece in pieces for row in piece]
+    return np.concatenate(pieces)
+
+
 def sample_examples(
     tokens: np.ndarray,
     token_strs: np.ndarray,
@@ -346,10 +361,10 @@ def sample_examples(
     if latents is None:
         latents = select_latents(shard.latent_start, shard.latent_end, cfg)
     tokens_w = tokens.reshape(n_windows, L)  # [n_windows, L]; window = flat token index // L
-    frames, status = [], []
+    parts, status = [], []
     for latent in tqdm(latents, desc="sample", unit="latent"):
         pos, vals = shard.latent(int(latent))
-        n_act = np.unique(pos // L).size
+        n_act = _run_starts(pos // L).size
         if n_act == 0 or n_act < s["min_activating"]:
             status.append((int(latent), n_act, "skipped", _skip_reason(n_act, s["min_activating"], cfg)))
             continue
@@ -358,9 +373,14 @@ def sample_examples(
         hard_score = _hard_scores(method, int(latent), pos, vals, tokens_w, incidence, top_k)
         windows, cols = _sample_windows(pos, vals, n_windows, s, rng, hard_score, n_hard)
         rows = _example_rows(int(latent), windows, pos, vals, tokens, token_strs, L)
-        frames.append(pd.DataFrame(rows | cols)[EXAMPLE_COLUMNS])
+        parts.append(rows | cols)
         status.append((int(latent), n_act, "ok", ""))
-    examples = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=EXAMPLE_COLUMNS)
+    # one frame at the end: a DataFrame per latent cost more than sampling the latent
+    examples = (
+        pd.DataFrame({c: _concat([p[c] for p in parts]) for c in EXAMPLE_COLUMNS})
+        if parts
+        else pd.DataFrame(columns=EXAMPLE_COLUMNS)
+    )
     table = pd.DataFrame(status, columns=LATENT_COLUMNS)
     table = table.astype({"latent": np.int64, "n_activating_windows": np.int64})
     n_skipped = int((table.status != "ok").sum())
