@@ -38,7 +38,10 @@ def test_sites_compose_into_the_residual_stream(smollm2):
     seen = hidden_states(model, ids, hps)
     assert seen["mlp_act.4"].shape == (2, 12, 1536) and seen["mlp_in.4"].shape == (2, 12, 576)
     torch.testing.assert_close(
-        seen["resid_post.4"], seen["resid_post.3"] + seen["attn_out.4"] + seen["mlp_out.4"], atol=1e-4, rtol=1e-4
+        seen["resid_post.4"],
+        seen["resid_post.3"] + seen["attn_out.4"] + seen["mlp_out.4"],
+        atol=1e-4,
+        rtol=1e-4,
     )
     mlp = model.model.layers[4].mlp
     with torch.no_grad():

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from interpflow.activations import hidden_states
+from interpflow.dictionaries import from_topk_sae
 from interpflow.intervention import (
     METRIC_COLUMNS,
     PREDICTION_COLUMNS,
@@ -21,7 +22,6 @@ from interpflow.intervention import (
     steer,
 )
 from interpflow.models import load_model
-from interpflow.dictionaries import from_topk_sae
 from interpflow.sae import TopKSAE
 from interpflow.store import read_parquet, write_parquet
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from interpflow.sae import (
-    random_sae_from_h5,
     TopKSAE,
     _batches,
     _shuffled_buffers,
     estimate_input_scale,
+    random_sae_from_h5,
     train_sae,
     train_sae_from_h5,
 )

@@ -13,9 +13,9 @@ import torch
 from interpflow.latents import LatentShard, encode_to_shards, read_shard
 from interpflow.sampling import (
     NEGATIVES,
+    partner_latents,
     run_sampling,
     sample_examples,
-    partner_latents,
     select_latents,
     select_test_examples,
     shard_files,

@@ -109,7 +109,9 @@ def test_dictionaries_layers_and_matching(tiny):
     assert "['mlp_act.3', 'resid_post.2', 'resid_post.3']" in log  # one pass for the three hookpoints
     results = work / "results/wiki/smollm2"
     n_tokens = 64 * 63  # BOS rows are never encoded
-    stats = pd.concat(pd.read_parquet(p) for p in (results / "mlp_act.3/neurons-top8/latents").glob("stats-*"))
+    stats = pd.concat(
+        pd.read_parquet(p) for p in (results / "mlp_act.3/neurons-top8/latents").glob("stats-*")
+    )
     assert len(stats) == 1536 and 0.99 * 8 * n_tokens <= stats["count"].sum() <= 8 * n_tokens
     meta = yaml.safe_load((results / "mlp_act.3/neurons-top8/dictionary/dictionary.json").read_text())
     assert meta["d_in"] == 1536 and meta["d_out"] == 576 and meta["meta"]["out_hookpoint"] == "mlp_out.3"
