@@ -2,7 +2,7 @@ import math
 import os
 import re
 
-from interpflow.config import check_config, layer_below, run_combinations
+from interpflow.config import check_config, layer_below, run_combinations, wants_gpu
 from interpflow.config import layer_pairs as config_layer_pairs
 
 check_config(config)
@@ -53,11 +53,6 @@ def names_of(section, *kinds):
     return "|".join(re.escape(n) for n in names) or "(?!)"
 
 
-def wants_gpu(device):
-    """1 when a job's device setting asks for CUDA ('auto': when this host has an NVIDIA device), else 0."""
-    return int(device.startswith("cuda") or (device == "auto" and os.path.exists("/dev/nvidiactl")))
-
-
 def gpu_count(w):
     """The GPUs a model-running job declares: the model's device setting decides."""
     return wants_gpu(config["models"][w.model]["device"])
@@ -72,8 +67,8 @@ def run_hookpoints():
 
 
 def activation_rules():
-    """(rule name, corpus, model, hookpoints) of the activation rules: one per hookpoint for any corpus and
-    model, then one per (corpus, model) making in one pass every hookpoint still missing, when several are."""
+    """(name, corpus, model, hookpoints) of each activation-caching rule. First the one per hookpoint, for any
+    corpus and model; then one per (corpus, model) making every hookpoint still missing in one pass."""
     rules_ = [("cache_activations", NAME, NAME, ["{hookpoint}"])]
     for (corpus, model), hps in run_hookpoints().items():
         missing = [h for h in hps if not os.path.exists(f"results/{corpus}/{model}/{h}/activations.h5")]

@@ -1,4 +1,5 @@
 import copy
+import os
 from functools import partial
 
 import pytest
@@ -7,7 +8,7 @@ from conftest import REPO
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from interpflow.config import check_config, layer_below, layer_pairs, run_combinations
+from interpflow.config import check_config, layer_below, layer_pairs, run_combinations, wants_gpu
 
 SCHEMA = str(REPO / "workflow/schemas/config.schema.yaml")
 
@@ -133,3 +134,8 @@ def test_layer_pairs_and_the_layer_below():
     assert below("mlp_out.2") is None  # no lower layer of its site
     config["cross_layer"]["enabled"] = False
     assert layer_pairs(config) == []
+
+
+def test_gpu_is_declared_only_for_cuda_devices():
+    assert wants_gpu("cuda") == wants_gpu("cuda:1") == 1 and wants_gpu("cpu") == 0
+    assert wants_gpu("auto") == int(os.path.exists("/dev/nvidiactl"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterator
 
 RUN_LISTS = {
@@ -107,6 +108,12 @@ def run_combinations(config: dict) -> Iterator[dict[str, str]]:
             if key not in seen:
                 seen.add(key)
                 yield combo
+
+
+def wants_gpu(device: str) -> int:
+    """1 when a job's device setting asks for CUDA ('auto': when this host has an NVIDIA device), else 0.
+    Decided without importing torch, which would cost every Snakemake start seconds."""
+    return int(device.startswith("cuda") or (device == "auto" and os.path.exists("/dev/nvidiactl")))
 
 
 def site_layer(hookpoint: str) -> tuple[str, int]:
