@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from interpflow.llm import Completion
 
@@ -60,3 +61,26 @@ def copy_workflow(dest: Path) -> Path:
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / name)
     return dest
+
+
+def fake_api_config(api_base: str) -> dict:
+    """tests/data/fake_api.yaml with every LLM pointed at `api_base`."""
+    config = yaml.safe_load((REPO / "tests/data/fake_api.yaml").read_text())
+    for section in ("explainers", "scorers"):
+        for entry in config[section].values():
+            if "llm" in entry:
+                entry["llm"]["api_base"] = api_base
+    return config
+
+
+class TableEncoder:
+    """Stub encoder: column 0 of x carries the flat row index; outputs come from fixed tables."""
+
+    def __init__(self, idx: np.ndarray, vals: np.ndarray, width: int):
+        import torch
+
+        self.idx, self.vals, self.width = torch.from_numpy(idx), torch.from_numpy(vals), width
+
+    def encode(self, x):
+        rows = x[:, 0].long()
+        return self.vals[rows], self.idx[rows]

@@ -18,7 +18,7 @@ from unittest import mock
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, copy_workflow
+from conftest import copy_workflow, fake_api_config
 from fault_server import FaultServer, prompt_kind
 
 from interpflow.llm import LLMClient
@@ -29,16 +29,6 @@ UPSTREAM = {"prepare_model", "tokenize_corpus", "cache_activations", "prepare_di
             "encode_latents", "sample_examples"}  # fmt: skip
 VOLATILE = ["latency_s", "cached"]  # how long a reply took and whether it came from the cache
 EXPLAIN_LATENCY_S = 1.0
-
-
-def fake_api_config(api_base: str) -> dict:
-    """tests/data/fake_api.yaml with every LLM pointed at `api_base`."""
-    config = yaml.safe_load((REPO / "tests/data/fake_api.yaml").read_text())
-    for section in ("explainers", "scorers"):
-        for entry in config[section].values():
-            if "llm" in entry:
-                entry["llm"]["api_base"] = api_base
-    return config
 
 
 def snakemake_cmd(*args: str) -> list[str]:

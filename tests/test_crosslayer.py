@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import TableEncoder
 
 from interpflow.crosslayer import (
     activation_correlation,
@@ -89,17 +90,6 @@ def test_size_limit_and_bad_input_are_clear_errors():
         match_latents(a, np.ones((3, 5)))
     with pytest.raises(ValueError, match="NaN"):
         match_latents(np.full((2, 2), np.nan), a[:2, :2])
-
-
-class TableEncoder:
-    """Stub encoder: column 0 of x is the flat row index; top-k outputs come from fixed tables."""
-
-    def __init__(self, idx: np.ndarray, vals: np.ndarray, width: int):
-        self.idx, self.vals, self.width = torch.from_numpy(idx), torch.from_numpy(vals), width
-
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = x[:, 0].long()
-        return self.vals[rows], self.idx[rows]
 
 
 def write_dictionary(tmp_path, tag: str, width: int, seed: int, dead: int | None = None):

@@ -6,23 +6,12 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-import torch
+from conftest import TableEncoder
 
 from interpflow.latents import LatentShard, encode_to_shards, read_latent, read_shard
 from interpflow.store import read_parquet
 
 N_SEQ, CTX, D_IN = 5, 8, 3
-
-
-class TableEncoder:
-    """Stub encoder: column 0 of x carries the flat row index; outputs come from fixed tables."""
-
-    def __init__(self, idx: np.ndarray, vals: np.ndarray, width: int):
-        self.idx, self.vals, self.width = torch.from_numpy(idx), torch.from_numpy(vals), width
-
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = x[:, 0].long()
-        return self.vals[rows], self.idx[rows]
 
 
 def planted_tables(n_rows: int, width: int) -> tuple[np.ndarray, np.ndarray]:

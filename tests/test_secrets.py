@@ -13,20 +13,10 @@ import threading
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, copy_workflow
+from conftest import copy_workflow, fake_api_config
 from fault_server import FaultServer, prompt_kind
 
 pytestmark = pytest.mark.slow
-
-
-def fake_api_config(api_base: str) -> dict:
-    """tests/data/fake_api.yaml with every LLM pointed at `api_base`."""
-    config = yaml.safe_load((REPO / "tests/data/fake_api.yaml").read_text())
-    for section in ("explainers", "scorers"):
-        for entry in config[section].values():
-            if "llm" in entry:
-                entry["llm"]["api_base"] = api_base
-    return config
 
 
 def quote_key_back(server: FaultServer) -> list[str]:
