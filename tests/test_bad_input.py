@@ -201,14 +201,14 @@ def model_spec_missing(w, tmp):
     return call, FileNotFoundError, [str(missing), "prepare_model"], [out]
 
 
-def damaged_tokens_sampling(damage):
-    """Sampling from a damaged tokens.h5."""
+def damaged_sampling_input(name: str, damage):
+    """Sampling with one of its inputs (tokens.h5 or the latent shard) damaged."""
 
     def case(w, tmp):
         f = copy_in(w, tmp, "tokens", "shard", "vocab")
-        damage(f["tokens"])
+        damage(f[name])
         call, outs = sampling_call(f, tmp)
-        return call, ValueError, [str(f["tokens"])], outs
+        return call, ValueError, [str(f[name])], outs
 
     return case
 
@@ -254,18 +254,6 @@ def damaged_activations_dictionary(w, tmp):
     out = tmp / "out/dictionary"
     call = partial(prepare_dictionary, SAE_CFG, "resid_post.3", f["acts"], out, source=f["sae"] / "cfg.json")
     return call, ValueError, [str(f["acts"])], [out / "dictionary.json", out / "dictionary.safetensors"]
-
-
-def damaged_shard(damage):
-    """Sampling from a damaged latent shard."""
-
-    def case(w, tmp):
-        f = copy_in(w, tmp, "tokens", "shard", "vocab")
-        damage(f["shard"])
-        call, outs = sampling_call(f, tmp)
-        return call, ValueError, [str(f["shard"])], outs
-
-    return case
 
 
 def damaged_vocab(w, tmp):
@@ -387,8 +375,8 @@ FUNCTION_CASES = [
     pytest.param(model_gguf_missing, id="model-gguf-path-missing"),
     pytest.param(model_folder_missing, id="model-folder-missing"),
     pytest.param(model_spec_missing, id="model-spec-missing"),
-    pytest.param(damaged_tokens_sampling(truncated), id="tokens.h5-truncated-sampling"),
-    pytest.param(damaged_tokens_sampling(corrupted), id="tokens.h5-corrupted-sampling"),
+    pytest.param(damaged_sampling_input("tokens", truncated), id="tokens.h5-truncated-sampling"),
+    pytest.param(damaged_sampling_input("tokens", corrupted), id="tokens.h5-corrupted-sampling"),
     pytest.param(
         damaged_tokens_activations,
         id="tokens.h5-truncated-activations",
@@ -405,8 +393,8 @@ FUNCTION_CASES = [
         damaged_activations_encode,
         id="activations.h5-corrupted-encode",
     ),
-    pytest.param(damaged_shard(truncated), id="latent-shard-truncated"),
-    pytest.param(damaged_shard(corrupted), id="latent-shard-corrupted"),
+    pytest.param(damaged_sampling_input("shard", truncated), id="latent-shard-truncated"),
+    pytest.param(damaged_sampling_input("shard", corrupted), id="latent-shard-corrupted"),
     pytest.param(damaged_vocab, id="vocab.parquet-corrupted"),
     pytest.param(damaged_examples_explain(truncated), id="examples.parquet-truncated-explain"),
     pytest.param(damaged_examples_explain(corrupted), id="examples.parquet-corrupted-explain"),
