@@ -93,3 +93,14 @@ def test_latent_metrics_without_usage():
     out = latent_metrics(pred, "fuzzing")
     assert out.iloc[0].balanced_accuracy == 1.0 and np.isnan(out.iloc[0].auroc)
     assert out.iloc[0].prompt_tokens == 0 and np.isnan(out.iloc[0].cost_usd)
+
+
+def test_headline_is_auroc_where_p_yes_exists():
+    # a judge that says yes to everything but ranks the windows right: balanced accuracy 0.5, AUROC 1
+    rows = [_pred(1, t, True, "ok", p) for t, p in ((True, 0.9), (True, 0.8), (False, 0.7), (False, 0.6))]
+    out = latent_metrics(pd.DataFrame(rows).astype({"prediction": "boolean"}), "detection").iloc[0]
+    assert out.balanced_accuracy == 0.5 and out.auroc == 1.0
+    assert (out.score, out.score_metric) == (1.0, "auroc")
+    no_p = [_pred(2, True, True, "ok"), _pred(2, False, True, "ok")]
+    out = latent_metrics(pd.DataFrame(no_p).astype({"prediction": "boolean"}), "detection").iloc[0]
+    assert (out.score, out.score_metric) == (0.5, "balanced_accuracy")

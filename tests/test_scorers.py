@@ -355,3 +355,94 @@ def test_empty_inputs_keep_the_schema():
     assert pred.empty and met.empty
     assert pred.dtypes.astype(str).to_dict() == PREDICTION_COLUMNS
     assert met.dtypes.astype(str).to_dict() == METRIC_COLUMNS
+
+
+# ------------------------------------------------------------------------------ the slots method (yes/no)
+
+
+class SlotJudge:
+    """A fake client with prompt logprobs: P(Yes) = p(excerpt, explanation) for each one-excerpt question."""
+
+    model, supports_slots = "local/fake", True
+
+    def __init__(self, p):
+        self.p, self.calls = p, []
+
+    def slot_logprobs_many(self, requests, candidates, desc="llm"):
+        assert candidates == ["Yes", "No"]
+        self.calls.append(requests)
+        out = []
+        for messages, offsets in requests:
+            assert offsets == [0] and messages[-1] == {"role": "assistant", "content": ""}
+            user = messages[1]["content"]
+            text = user.split("Excerpt: ", 1)[1].split("\n\nExplanation: ", 1)[0]
+            expl = user.split("\n\nExplanation: ", 1)[1].split("\n\n", 1)[0]
+            p = self.p(text, expl)
+            slots = [{"Yes": math.log(p), "No": math.log(1 - p)}]
+            out.append(FakeCompletion("Yes" if p >= 0.5 else "No", completion_tokens=0, slot_logprobs=slots))
+        return out
+
+
+def test_slot_question_prompt_hand_written():
+    from interpflow.prompts import judge_question_messages
+
+    msgs = judge_question_messages("fuzzing", "The word cat.", "the <<cat>> ran")
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant"] and msgs[2]["content"] == ""
+    assert msgs[1]["content"] == (
+        'Excerpt: the <<cat>> ran\n\nExplanation: "The word cat."\n\n'
+        "Are the marked tokens what the explanation describes? Answer Yes or No."
+    )
+    assert "marked like <<this>>" in msgs[0]["content"]
+    assert judge_question_messages("detection", "x", "y")[0] != msgs[0]
+    with pytest.raises(ValueError, match="unknown scorer kind"):
+        judge_question_messages("simulation", "x", "y")
+
+
+def test_slot_judge_reads_p_yes_per_window():
+    # says yes to nearly everything (P >= 0.6), but ranks cat windows above dog windows
+    judge = SlotJudge(lambda text, expl: 0.9 if "cat" in text else 0.6)
+    pred, met = score_latents(shard(), explanations(), CFG, judge)
+    assert len(judge.calls[0]) == 40  # one question per window, whatever examples_per_prompt says
+    assert (pred["method"] == "slots").all() and (pred["position"] == 0).all()
+    np.testing.assert_allclose(pred["p_yes"], np.where(pred["activating"], 0.9, 0.6))
+    assert pred["prediction"].astype(bool).all()  # every answer is yes ...
+    assert (met["balanced_accuracy"] == 0.5).all()  # ... so balanced accuracy cannot tell
+    assert (met["auroc"] == 1).all() and (met["score"] == 1).all() and (met["score_metric"] == "auroc").all()
+    # the score depends on the explanation: a judge that ignores it scores at chance
+    _, blind = score_latents(shard(), explanations(), CFG, SlotJudge(lambda text, expl: 0.7))
+    assert (blind["score"] == 0.5).all()
+
+
+def test_method_slots_needs_a_client_that_gives_prompt_logprobs():
+    with pytest.raises(ValueError, match="method 'slots' needs prompt logprobs"):
+        score_latents(shard(), explanations(), CFG | {"method": "slots"}, Judge(lambda t: 1))
+    pred, _ = score_latents(shard(), explanations(), CFG | {"method": "reply"}, Judge(lambda t: "cat" in t))
+    assert (pred["method"] == "reply").all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["detection", "fuzzing"])
+def test_real_judge_depends_on_the_explanation(kind, qwen_gguf):
+    """The local 1.5B judge on a planted digits latent: the right explanation ranks the activating windows
+    above the others, an unrelated one does not (fails if P(yes) stops depending on the explanation)."""
+    pytest.importorskip("llama_cpp")
+    from interpflow.llm import LLMClient
+
+    pos = ["In 1984 he left for 12 years", "Room 42 is on floor 3", "The score was 21 to 17 at half time",
+           "About 350 people came in 2019", "Chapter 7 starts on page 88", "She ran 5 km in 23 minutes"]
+    neg = ["The cat sat on the mat", "We went home after the film", "Rain fell over the quiet town",
+           "He wrote a letter to his aunt", "The river runs through the valley", "They sang songs by the fire"]
+    rows = []
+    for i, text in enumerate(pos + neg):
+        toks = re.findall(r" ?\d| ?[A-Za-z]+", text)
+        rows.append(_window(3, i, "test", i < len(pos), toks, [4.0 * t.strip().isdigit() for t in toks]))
+    expl = pd.DataFrame({"latent": [3], "status": ["ok"], "explanation": ["Digits of numbers."]})
+    wrong = expl.assign(explanation="Words about weather and rain.")
+    llm = {"model": "local/qwen2.5-coder-1.5b-instruct", "max_concurrency": 1, "n_ctx": 2048, "n_threads": 2}
+    with LLMClient.from_config(llm, cache_dir=None, local_gguf=qwen_gguf) as client:
+        cfg = CFG | {"kind": kind}
+        right_pred, right = score_latents(pd.DataFrame(rows), expl, cfg, client)
+        _, unrelated = score_latents(pd.DataFrame(rows), wrong, cfg, client)
+    assert (right_pred["method"] == "slots").all() and right_pred["p_yes"].between(0, 1).all()
+    assert right["auroc"].iloc[0] >= 0.8, right.to_dict("records")
+    assert right["auroc"].iloc[0] > unrelated["auroc"].iloc[0] + 0.2, (right["auroc"], unrelated["auroc"])

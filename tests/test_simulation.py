@@ -1,217 +1,34 @@
+"""Simulation scoring (interpflow.simulation) by both methods, with scripted simulators and the local model."""
+
 from __future__ import annotations
 
 import json
 import logging
 import math
 import re
-from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
 import pandas as pd
 import pytest
 from conftest import completion, example_row
+from test_simulation_reply import L, Tok
 
 from interpflow.simulation import (
     METRIC_COLUMNS,
     PREDICTION_COLUMNS,
     build_prompts,
-    expected_values,
     llm_config,
-    parse_reply,
     pearson,
-    reply_budget,
     run_simulation,
     score_simulation,
-    simulation_messages,
 )
+from interpflow.simulation_reply import reply_budget
+from interpflow.simulation_slots import expected_activations, slot_messages
 from interpflow.store import read_parquet, write_parquet
-
-
-@dataclass(frozen=True)
-class Tok:
-    """Same fields as interpflow.llm.TokenLogprob."""
-
-    token: str
-    logprob: float = 0.0
-    top: dict = field(default_factory=dict)
-
 
 # scripted replies are real Completions with this file's token counts
 FakeCompletion = partial(completion, prompt_tokens=100, completion_tokens=20, cost_usd=0.002, latency_s=0.1)
-
-
-# ---------------------------------------------------------------------------------------------- prompts
-
-
-def test_prompt_text_hand_written():
-    msgs = simulation_messages("Cats.", [["The", " cat"], ["2", " | ", "a\nb"]])
-    assert [m["role"] for m in msgs] == ["system", "user"]
-    assert msgs[1]["content"] == (
-        'Explanation: "Cats."\n'
-        "\n"
-        'Excerpt 1 (2 tokens): "The cat"\n'
-        '1 "The" | 2 " cat"\n'
-        "\n"
-        'Excerpt 2 (3 tokens): "2 | a\\nb"\n'
-        '1 "2" | 2 " | " | 3 "a\\nb"\n'
-        "\n"
-        "Reply with 2 lines:\n"
-        "1: 1=<number> 2=<number>\n"
-        "2: 1=<number> 2=<number> 3=<number>"
-    )
-    assert simulation_messages("x", [list("abcdefg")])[1]["content"].endswith(
-        "Reply with 1 line:\n1: 1=<number> 2=<number> ... 7=<number>"
-    )
-    system = msgs[0]["content"]
-    assert "0 to 10" in system and system.endswith(
-        "gets this reply:\n\n1: 1=0 2=9 3=0 4=8 5=0 6=0\n2: 1=0 2=0 3=0 4=0"
-    )
-    # the worked example's reply parses as the answer to the worked example's request
-    example = system.split("For example, this request:\n\n")[1].split("\n\ngets this reply")[0]
-    counts = [int(n) for n in re.findall(r"^Excerpt \d+ \((\d+) tokens\)", example, re.M)]
-    assert values(parse_reply(system.rsplit("\n\n", 1)[1], counts)) == [[0, 9, 0, 8, 0, 0], [0, 0, 0, 0]]
-    # the system message is the same for every prompt, so a provider can cache it as a prefix
-    assert simulation_messages("Dogs.", [["x"]])[0] == msgs[0]
-
-
-def test_token_indices_are_unambiguous():
-    toks = ["1", " 2", " |", '"', "\n", " ", "3 4"]
-    line = simulation_messages("x", [toks])[1]["content"].split("\n")[3]
-    # every entry is "<index> <JSON string>": reading them back gives the tokens in order
-    entries = re.findall(r'(\d+) ("(?:[^"\\]|\\.)*")', line)
-    assert [int(i) for i, _ in entries] == list(range(1, len(toks) + 1))
-    assert [json.loads(s) for _, s in entries] == toks
-
-
-def test_empty_prompt_is_an_error():
-    with pytest.raises(ValueError, match="at least one window"):
-        simulation_messages("x", [])
-
-
-def test_reply_budget_covers_indexed_replies():
-    # digit-splitting tokenizer: "1: " is 3 tokens, "i=v " is (digits of i) + 3, the line break 1
-    line = 3 + sum(len(str(i)) + 3 for i in range(1, 33)) + 1
-    assert line == 155  # measured: the local 1.5B model wrote 307 tokens for two such lines
-    assert reply_budget([32]) == int(1.1 * 155) + 8 and reply_budget([32] * 5) == int(1.1 * 5 * 155) + 8
-
-
-# ----------------------------------------------------------------------------------------------- parser
-
-
-def values(parsed):
-    return [p if isinstance(p, str) else p[0].tolist() for p in parsed]
-
-
-@pytest.mark.parametrize(
-    "reply",
-    [
-        "1: 1=0 2=0 3=5\n2: 1=0 2=10",
-        "1: 0 0 5\n2: 0 10",  # bare values
-        "2: 1=0 2=10\n1: 1=0 2=0 3=5",  # out of order
-        "Here are my predictions:\n\n1: 0 0 5\n2: 0 10\nHope this helps.",  # text around the lines
-        "Excerpt 1: 0 0 5\nexample 2: 0 10",
-        "**1:** 0 0 5\n- 2: 0 10",
-        "1: [0, 0, 5]\n2: 0, 10.",
-        "1:0 0 5\n2:0 10\n3: 4 4 4",  # a line of an excerpt that does not exist is ignored
-        "<think>1: 9 9 9\n2: 9 9</think>\n1: 0 0 5\n2: 0 10",
-    ],
-)
-def test_parse_good_replies(reply):
-    assert values(parse_reply(reply, [3, 2])) == [[0, 0, 5], [0, 10]]
-
-
-@pytest.mark.parametrize(
-    ("reply", "expected"),
-    [
-        ("1: 0 0\n2: 0 10", ["excerpt 1: expected 3 numbers, got 2", [0, 10]]),
-        ("1: 1=0 2=0\n2: 1=0 2=10", ["excerpt 1: expected 3 numbers, got 2", [0, 10]]),
-        ("1: 1=0 2=0 3=5 4=0\n2: 1=0 2=10", ["excerpt 1: expected 3 numbers, got 4", [0, 10]]),
-        ("1: 1=0 3=0 4=5\n2: 1=0 2=10", ["excerpt 1: value 2 is numbered '3'", [0, 10]]),  # skipped token
-        ("1: 1=0 2=0 2=5\n2: 1=0 2=10", ["excerpt 1: value 3 is numbered '2'", [0, 10]]),
-        ("1: 1=0 2=0 3=\n2: 1=0 2=10", ["excerpt 1: '' is not a whole number", [0, 10]]),
-        ("1: 1=0 2=x=5 3=0\n2: 1=0 2=10", ["excerpt 1: value 2 is numbered '2=x'", [0, 10]]),
-        ("1: 0 0 5 0\n2: 0 10", ["excerpt 1: expected 3 numbers, got 4", [0, 10]]),
-        ("1: 0 11 5\n2: 0 10", ["excerpt 1: value 11 is outside 0-10", [0, 10]]),
-        ("1: 0 100 5\n2: 0 10", ["excerpt 1: value 100 is outside 0-10", [0, 10]]),
-        ("1: 0 cat 5\n2: 0 10", ["excerpt 1: 'cat' is not a whole number", [0, 10]]),
-        ("1: 0 5.5 5\n2: 0 10", ["excerpt 1: '5.5' is not a whole number", [0, 10]]),
-        ("1: -1 0 5\n2: 0 10", ["excerpt 1: '-1' is not a whole number", [0, 10]]),
-        ("1: 0 0 5 (the cat)\n2: 0 10", ["excerpt 1: '(the' is not a whole number", [0, 10]]),
-        ("1: 0 0 5", [[0, 0, 5], "excerpt 2: no line"]),
-        ("1: 0 0 5\n2: 0 10\n2: 0 9", [[0, 0, 5], "excerpt 2: more than one line"]),
-        ("Excerpt 1 has 3 tokens, excerpt 2 has 2.", ["excerpt 1: no line", "excerpt 2: no line"]),
-        ("0: 0 0 5\n1: 0 10", ["excerpt 1: expected 3 numbers, got 2", "excerpt 2: no line"]),
-        ("", ["empty reply", "empty reply"]),
-        (None, ["empty reply", "empty reply"]),
-        ("<think>1: 0 0 5\n2: 0 10", ["unfinished <think> block"] * 2),
-    ],
-)
-def test_parse_bad_replies_fail_per_excerpt(reply, expected):
-    assert values(parse_reply(reply, [3, 2])) == expected
-
-
-def test_parse_spans_point_at_the_values():
-    reply = "Sure.\n**2:** [1=0, 2=10]\n1: 3 0 7"
-    parsed = parse_reply(reply, [3, 2])
-    for vals, spans in parsed:
-        assert [int(reply[s:e]) for s, e in spans] == vals.tolist()
-
-
-# ------------------------------------------------------------------------------------ expected values
-
-
-def L(p):
-    return math.log(p)
-
-
-def test_expected_values_digit_tokenizer_hand_computed():
-    # a tokenizer that writes every digit as its own token (Qwen, Llama-2, Gemma): "10" is "1", "0"
-    toks = (
-        Tok("1"), Tok(":"), Tok(" "), Tok("1"), Tok("="),
-        Tok("0", L(0.6), {"0": L(0.6), "1": L(0.3), "2": L(0.1)}),  # "1" read as 1: nearer to 0 than 10
-        Tok(" "), Tok("2"), Tok("="),
-        Tok("7", L(0.5), {"7": L(0.5), "8": L(0.2), "1": L(0.2), "x": L(0.1)}),  # "1" read as 10, "x" dropped
-        Tok(" "), Tok("3"), Tok("="),
-        Tok("1", L(0.6), {"1": L(0.6), "2": L(0.4)}),
-        Tok(" ", L(0.75), {" ": L(0.75), "0": L(0.25)}),  # after "1": P(10) = 0.25, P(1) = 0.75
-        Tok("4"), Tok("="),
-        Tok("1", L(0.9), {"1": L(0.9), "8": L(0.1)}),
-        Tok("0", L(0.8), {"0": L(0.8), "\n": L(0.1), "5": L(0.1)}),  # "15" is no value: P(10 | 1) = 8/9
-        Tok("\n"),
-    )  # fmt: skip
-    text = "".join(t.token for t in toks)
-    assert text == "1: 1=0 2=7 3=1 4=10\n"
-    parsed = parse_reply(text, [4])
-    [ev] = expected_values(toks, [4], parsed)
-    hand = [0.3 * 1 + 0.1 * 2, (0.5 * 7 + 0.2 * 8 + 0.2 * 10) / 0.9, 0.6 * 3.25 + 0.4 * 2, 0.9 * 9 + 0.1 * 8]
-    np.testing.assert_allclose(ev, hand, rtol=1e-6)
-    assert ev.dtype == np.float32
-
-
-def test_expected_values_whole_number_tokenizer_hand_computed():
-    # a tokenizer with " 0" ... " 10" as single tokens (OpenAI's): " 1" is one, "10" lacks the space
-    toks = (
-        Tok("1"), Tok(":"),
-        Tok(" 0", L(0.7), {" 0": L(0.7), " 1": L(0.2), " 10": L(0.1)}),
-        Tok(" 10", L(0.5), {" 10": L(0.5), " 9": L(0.3), " 1": L(0.1), "10": L(0.1)}),
-        Tok("\n2"), Tok(":"),
-        Tok(" 3\n", L(0.5), {" 3\n": L(0.5), " 4\n": L(0.25), " 4": L(0.25)}),  # text after the number too
-    )  # fmt: skip
-    parsed = parse_reply("".join(t.token for t in toks), [2, 1])
-    ev = expected_values(toks, [2, 1], parsed)
-    np.testing.assert_allclose(ev[0], [1.2, 7.8 / 0.9], rtol=1e-6)
-    np.testing.assert_allclose(ev[1], [(0.5 * 3 + 0.25 * 4) / 0.75], rtol=1e-6)
-
-
-def test_expected_values_unavailable():
-    parsed = parse_reply("1: 0 5\n2: 3", [2, 1])
-    assert expected_values(None, [2, 1], parsed) == [None, None]
-    other = (Tok("1: 0 6\n"), Tok("2: 3"))  # the tokens spell another reply for excerpt 1
-    ev = expected_values(other, [2, 1], parsed)
-    assert ev[0] is None and ev[1].tolist() == [3.0]
-    bad = parse_reply("1: 0 5", [2, 1])  # excerpt 2 failed: no values for it
-    assert expected_values((Tok("1: 0 5"),), [2, 1], bad)[1] is None
 
 
 # ---------------------------------------------------------------------------------------------- scoring
@@ -483,31 +300,114 @@ def test_run_simulation_writes_both_tables(tmp_path):
                        cache_dir=None)  # fmt: skip
 
 
+# ------------------------------------------------------------------------------------ the slots method
+
+
+def test_slot_prompt_hand_written():
+    msgs, offsets = slot_messages("Cats.", [["The", " cat"], ["a\tb"]])
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant"]
+    assert msgs[1]["content"] == 'Explanation: "Cats."\n\nList each excerpt\'s tokens with their activations.'
+    reply = msgs[2]["content"]
+    assert reply == 'Excerpt 1:\n"The"\tunknown\n" cat"\tunknown\n\nExcerpt 2:\n"a\\tb"\tunknown\n'
+    # one slot per token, each where a value would be written: right after the tab, at the placeholder
+    assert len(offsets) == 3 and all(reply[o:].startswith("unknown\n") and reply[o - 1] == "\t" for o in offsets)
+    assert [json.loads(reply[: o - 1].rsplit("\n", 1)[1]) for o in offsets] == ["The", " cat", "a\tb"]
+    # no value anywhere in the prompt: nothing for the simulator to copy, no slot sees another's guess
+    assert not re.search(r"\t\d", reply) and "For example" not in msgs[0]["content"]
+    assert slot_messages("Dogs.", [["x"]])[0][0] == msgs[0]  # a cacheable prefix
+
+
+def test_slot_expected_values_hand_computed():
+    lp = lambda probs: {str(v): math.log(probs.get(v, 1e-12)) for v in range(10)}  # noqa: E731
+    slots = [lp({0: 1.0}), lp({9: 0.5, 0: 0.5}), lp({3: 0.2, 6: 0.2})]  # the last renormalised over digits
+    ev = expected_activations(slots, [2, 1])
+    np.testing.assert_allclose(ev[0], [0.0, 4.5 * 10 / 9], atol=1e-6)
+    np.testing.assert_allclose(ev[1], [4.5 * 10 / 9], atol=1e-6)
+    with pytest.raises(ValueError, match="3 slots"):
+        expected_activations(slots, [2, 2])
+
+
+class SlotSimulator:
+    """A fake client with prompt logprobs: per slot, P(digit) from `policy(true values on 0-9, rng)`."""
+
+    model, supports_slots = "local/fake", True
+
+    def __init__(self, truth, policy, seed=0):
+        self.truth, self.policy, self.rng, self.calls = truth, policy, np.random.default_rng(seed), []
+
+    def slot_logprobs_many(self, requests, candidates, desc="llm"):
+        assert candidates == [str(v) for v in range(10)]
+        self.calls.append(requests)
+        out = []
+        for messages, offsets in requests:
+            reply = messages[-1]["content"]
+            windows = [[json.loads(line.rsplit("\t", 1)[0]) for line in block.splitlines()[1:]]
+                       for block in reply.strip().split("\n\n")]  # fmt: skip
+            assert sum(map(len, windows)) == len(offsets)
+            vals = self.policy([self.truth["".join(w)] * 0.9 for w in windows], self.rng)
+            slots = [{c: (0.0 if int(c) == round(v) else -30.0) for c in candidates} for v in np.concatenate(vals)]
+            out.append(FakeCompletion(" ".join("0" * len(offsets)), completion_tokens=0, slot_logprobs=slots))
+        return out
+
+
+def test_slot_oracle_correlates_fully_and_records_the_method():
+    ex = shard()
+    sim = SlotSimulator(truth_by_text(ex), oracle)
+    pred, met = score_simulation(ex, explanations(), CFG, sim)
+    assert len(sim.calls) == 1 and len(sim.calls[0]) == 8
+    assert (pred["method"] == "slots").all() and pred["expected"].all() and (pred["status"] == "ok").all()
+    assert (met["score"] > 0.98).all() and (met["completion_tokens"] == 0).all()
+    shuffled_pred, shuffled_met = score_simulation(
+        shard(n_pos=20, n_neg=20, length=16), explanations(), CFG,
+        SlotSimulator(truth_by_text(shard(n_pos=20, n_neg=20, length=16)), shuffled),
+    )  # fmt: skip
+    assert (shuffled_met["score"].abs() < 0.15).all()
+
+
+def test_method_follows_the_client():
+    ex = shard(latents=(10,))
+    pred, _ = score_simulation(ex, explanations((10,)), CFG, Simulator(truth_by_text(ex), oracle))
+    assert (pred["method"] == "reply").all()  # no prompt logprobs: the simulator writes the numbers
+    with pytest.raises(ValueError, match="method 'slots' needs prompt logprobs"):
+        score_simulation(ex, explanations((10,)), CFG | {"method": "slots"}, Simulator(truth_by_text(ex), oracle))
+    sim = SlotSimulator(truth_by_text(ex), oracle)
+    with pytest.raises(ValueError, match="method must be one of"):
+        score_simulation(ex, explanations((10,)), CFG | {"method": "guess"}, sim)
+
+
 # ----------------------------------------------------------------------------------------- real model
 
 
+def _planted_digits(n_pos=6, n_neg=6):
+    """Windows of a latent firing on digit tokens (truth known): digit-rich and digit-free sentences."""
+    pos = ["In 1984 he left for 12 years", "Room 42 is on floor 3", "The score was 21 to 17 at half time",
+           "About 350 people came in 2019", "Chapter 7 starts on page 88", "She ran 5 km in 23 minutes"]
+    neg = ["The cat sat on the mat", "We went home after the film", "Rain fell over the quiet town",
+           "He wrote a letter to his aunt", "The river runs through the valley", "They sang songs by the fire"]
+    rows = []
+    for i, text in enumerate(pos[:n_pos] + neg[:n_neg]):
+        toks = re.findall(r" ?\d| ?[A-Za-z]+", text)
+        acts = [4.0 if t.strip().isdigit() else 0.0 for t in toks]
+        rows.append(_window(7, i, i < n_pos, toks, acts))
+    return pd.DataFrame(rows)
+
+
 @pytest.mark.slow
-def test_real_simulator_reply_parses(qwen_gguf, tmp_path):
-    """The 1.5B local model answers a planted digits latent in the format the parser reads."""
+def test_real_simulator_slots_depend_on_the_explanation(qwen_gguf, tmp_path):
+    """The local 1.5B simulator, by the slots method, on a planted digits latent: the right explanation
+    correlates with the truth, an unrelated one does not (fails if the score ignores the explanation)."""
     pytest.importorskip("llama_cpp")
-    windows = [
-        ["In", " ", "1", "9", "8", "4", " he", " left"],
-        ["The", " cat", " sat", " on", " the", " mat"],
-        ["Room", " ", "4", "2", " is", " open"],
-    ]
-    rows = [
-        _window(7, i, any(t.strip().isdigit() for t in toks), toks, [3.0 * t.strip().isdigit() for t in toks])
-        for i, toks in enumerate(windows)
-    ]
-    write_parquet(pd.DataFrame(rows), tmp_path / "examples.parquet")
-    expl = pd.DataFrame({"latent": [7], "status": ["ok"], "explanation": ["Digits of numbers."]})
-    write_parquet(expl, tmp_path / "explanations.parquet")
-    llm = {"model": "local/qwen2.5-coder-1.5b-instruct", "max_concurrency": 1, "n_ctx": 2048, "n_threads": 2}
-    cfg = CFG | {"llm": llm}
-    out_p, out_m = tmp_path / "predictions.parquet", tmp_path / "metrics.parquet"
-    run_simulation(tmp_path / "examples.parquet", tmp_path / "explanations.parquet", cfg, out_p, out_m,
-                   cache_dir=tmp_path / "cache", local_gguf=qwen_gguf)  # fmt: skip
-    pred, met = read_parquet(out_p), read_parquet(out_m)
-    assert (pred["status"] == "ok").all(), pred["error"].tolist()
-    assert pred["expected"].all()  # the local provider returns logprobs
-    assert met["n"].tolist() == [3] and np.isfinite(met["correlation"]).all()
+    write_parquet(_planted_digits(), tmp_path / "examples.parquet")
+    expl = pd.DataFrame({"latent": [7, 7], "status": ["ok", "ok"],
+                         "explanation": ["Digits of numbers.", "Words about weather and rain."]})  # fmt: skip
+    llm = {"model": "local/qwen2.5-coder-1.5b-instruct", "max_concurrency": 1, "n_ctx": 4096, "n_threads": 2}
+    scores = []
+    for i in range(2):
+        write_parquet(expl.iloc[[i]], tmp_path / f"explanations-{i}.parquet")
+        out_p, out_m = tmp_path / f"predictions-{i}.parquet", tmp_path / f"metrics-{i}.parquet"
+        run_simulation(tmp_path / "examples.parquet", tmp_path / f"explanations-{i}.parquet", CFG | {"llm": llm},
+                       out_p, out_m, cache_dir=tmp_path / "cache", local_gguf=qwen_gguf)  # fmt: skip
+        pred, met = read_parquet(out_p), read_parquet(out_m)
+        assert (pred["status"] == "ok").all() and (pred["method"] == "slots").all(), pred["error"].tolist()
+        scores.append(float(met["score"].iloc[0]))
+    assert scores[0] > 0.5 and scores[0] > scores[1] + 0.3, scores

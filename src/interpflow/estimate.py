@@ -166,12 +166,15 @@ def score_requests(
 
     explanations = pd.DataFrame({"latent": [0], "explanation": [synthetic_explanation()], "status": ["ok"]})
     cap = int(cfg["llm"].get("max_tokens") or 256)
+    method = scorers.choose_method(cfg, cfg["llm"]["model"].startswith("local/"))
+    build = simulation.build_prompts if cfg["kind"] == "simulation" else scorers.build_prompts
+    requests, meta, _ = build(examples, explanations, cfg, method)
+    if method == "slots":  # one evaluation of the prompt, nothing generated
+        return [(message_tokens(m, count), 0, 0) for m, _ in requests]
     if cfg["kind"] == "simulation":
-        requests, meta, _ = simulation.build_prompts(examples, explanations, cfg)
         cap = int(simulation.llm_config(cfg, examples)["max_tokens"])  # sized to the reply, config-capped
         replies = [_simulation_reply([len(t) for t in m[3]]) for m in meta]
     else:
-        requests, meta, _ = scorers.build_prompts(examples, explanations, cfg)
         replies = [_labels_reply(len(m[2])) for m in meta]
     return [
         (message_tokens(r, count), min(count(a), cap), cap) for r, a in zip(requests, replies, strict=True)

@@ -174,6 +174,7 @@ def explain_latents(examples: pd.DataFrame, latents: pd.DataFrame, cfg: dict, cl
                 show_activations=show,
                 cot=cot,
                 negative_strs=None if neg is None else [list(t) for t in neg["token_strs"]],
+                top_tokens=int(cfg.get("top_tokens", 0)),
             )
         )
         asked.append(lat)

@@ -61,6 +61,8 @@ class Completion:
     """Per generated token, when requested and offered by the provider."""
     cached_tokens: int = 0
     """Prompt tokens the provider served from its prefix cache, where it reports them (0 otherwise)."""
+    slot_logprobs: tuple[dict[str, float], ...] | None = None
+    """For a slot request (LLMClient.slot_logprobs_many): per slot, candidate -> next-token logprob."""
 
 
 def _litellm():
@@ -160,7 +162,9 @@ def _completion_from_json(d: dict, latency_s: float) -> Completion:
     lps = None if lps is None else tuple(TokenLogprob(t["token"], float(t["logprob"]), t["top"]) for t in lps)
     fields = {k: d[k] for k in ("text", "status", "error", "prompt_tokens", "completion_tokens", "cost_usd")}
     cached_tokens = int(d.get("cached_tokens", 0))
-    return Completion(**fields, latency_s=latency_s, cached=True, logprobs=lps, cached_tokens=cached_tokens)
+    slots = d.get("slot_logprobs")
+    return Completion(**fields, latency_s=latency_s, cached=True, logprobs=lps, cached_tokens=cached_tokens,
+                      slot_logprobs=None if slots is None else tuple(slots))  # fmt: skip
 
 
 def check_budget(budget: dict | None) -> dict | None:
@@ -343,7 +347,7 @@ class LLMClient:
         """Whether the model runs in-process (model string `local/<name>`)."""
         return self.model.startswith(LOCAL_PREFIX)
 
-    def cache_key(self, messages: list[dict]) -> str:
+    def cache_key(self, messages: list[dict], slots: dict | None = None) -> str:
         """sha256 of everything that determines the reply (never the API key)."""
         request = {
             "model": self.model, "api_base": self.api_base, "messages": messages,
@@ -351,6 +355,8 @@ class LLMClient:
             "logprobs": self.logprobs, "top_logprobs": self.top_logprobs if self.logprobs else None,
             "extra": self.extra,
         }  # fmt: skip
+        if slots is not None:  # only then, so keys of ordinary requests stay as they were
+            request["slots"] = slots
         blob = json.dumps(request, sort_keys=True, ensure_ascii=False, default=str)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
@@ -397,7 +403,7 @@ class LLMClient:
             self._sem, self._sem_loop = asyncio.Semaphore(self.max_concurrency), loop
         return self._sem
 
-    def _request(self, messages: list[dict], logprobs: bool) -> dict:
+    def _request(self, messages: list[dict], logprobs: bool, slots: dict | None = None) -> dict:
         """The litellm keyword arguments of one attempt."""
         kwargs = dict(
             model=self.model, messages=messages, temperature=self.temperature, max_tokens=self.max_tokens,
@@ -405,17 +411,25 @@ class LLMClient:
         )  # fmt: skip
         if self.api_base is not None:
             kwargs["api_base"] = self.api_base
-        if logprobs:
+        if logprobs and slots is None:
             kwargs |= {"logprobs": True, "top_logprobs": self.top_logprobs}
-        return kwargs | self.extra
+        kwargs |= self.extra
+        if slots is not None:  # the local provider reads the slots from extra_body; nothing is generated
+            kwargs |= {"max_tokens": 1, "extra_body": dict(kwargs.get("extra_body") or {}, slot_logprobs=slots)}
+        return kwargs
 
-    async def _call(self, messages: list[dict]) -> Any:
+    @property
+    def supports_slots(self) -> bool:
+        """Whether the provider gives next-token logprobs at places of a prompt (slot_logprobs_many)."""
+        return self.is_local
+
+    async def _call(self, messages: list[dict], slots: dict | None = None) -> Any:
         """Call litellm with retries and backoff; raise the last error when they are used up."""
         litellm = _litellm()
         logprobs, attempt = self.logprobs, 0
         while True:
             try:
-                return await litellm.acompletion(**self._request(messages, logprobs))
+                return await litellm.acompletion(**self._request(messages, logprobs, slots))
             except Exception as exc:
                 if logprobs and _rejects_logprobs(exc):  # the caller then gets no logprobs (no P(yes))
                     log.warning("%s rejects logprobs; asking without them", self.model)
@@ -445,7 +459,7 @@ class LLMClient:
                 return None
         return None if cost is None else float(cost)
 
-    def _to_completion(self, response: Any, latency_s: float) -> Completion:
+    def _to_completion(self, response: Any, latency_s: float, slots: dict | None = None) -> Completion:
         """Turn a litellm ModelResponse into a Completion ("empty reply" is an error)."""
         usage = getattr(response, "usage", None)
         pt = int(getattr(usage, "prompt_tokens", 0) or 0)
@@ -457,12 +471,16 @@ class LLMClient:
         )
         choice = response.choices[0]
         text = getattr(choice.message, "content", None)
-        ok = bool(text and text.strip())
+        ok, error = bool(text and text.strip()), "empty reply"
+        slot_lps = getattr(response, "slot_logprobs", None) if slots is not None else None
+        if slots is not None and (slot_lps is None or len(slot_lps) != len(slots["offsets"])):
+            ok, error = False, f"the provider returned no logprobs for the {len(slots['offsets'])} slots"
         return Completion(
-            text=text if ok else None, status="ok" if ok else "error", error="" if ok else "empty reply",
+            text=text if ok else None, status="ok" if ok else "error", error="" if ok else error,
             prompt_tokens=pt, completion_tokens=ct, cost_usd=self._cost(response), latency_s=latency_s,
-            cached=False, logprobs=_parse_logprobs(choice) if self.logprobs else None,
+            cached=False, logprobs=_parse_logprobs(choice) if self.logprobs and slots is None else None,
             cached_tokens=cached_tokens,
+            slot_logprobs=None if slot_lps is None else tuple(dict(d) for d in slot_lps),
         )  # fmt: skip
 
     def _over_budget(self) -> str | None:
@@ -494,10 +512,14 @@ class LLMClient:
         cost = 0.0 if status == "budget" else None
         return Completion(None, status, error, 0, 0, cost, latency_s, False, None)
 
-    async def acomplete(self, messages: list[dict]) -> Completion:
-        """Answer one chat request; failures come back as status "error" or "budget", never as exceptions."""
+    async def acomplete(self, messages: list[dict], slots: dict | None = None) -> Completion:
+        """Answer one chat request; failures come back as status "error" or "budget", never as exceptions.
+
+        With `slots` ({"offsets": [...], "candidates": [...]}: see slot_logprobs_many) the reply is the
+        next-token logprobs of the candidates at those places of the last (assistant) message instead.
+        """
         start = time.perf_counter()
-        key = self.cache_key(messages)
+        key = self.cache_key(messages, slots)
         if (hit := self._cache_get(key, start)) is not None:
             return hit
         async with self._semaphore():
@@ -510,14 +532,14 @@ class LLMClient:
             try:
                 if self.is_local and self.local_model is None:
                     await asyncio.to_thread(self._ensure_local)
-                response = await self._call(messages)
+                response = await self._call(messages, slots)
             except Exception as exc:
                 log.warning("%s request failed: %s", self.model, _error_text(exc, 200))
                 return self._failure("error", _error_text(exc), time.perf_counter() - start)
             latency = time.perf_counter() - start
         # the slot is free again: reading and storing the reply is not a request to the provider
         try:
-            completion = self._to_completion(response, latency)
+            completion = self._to_completion(response, latency, slots)
         except Exception as exc:  # a response litellm accepted but that holds no usable choice
             log.warning("%s sent an unreadable response: %s", self.model, _error_text(exc, 200))
             return self._failure("error", _error_text(exc), latency)
@@ -525,26 +547,46 @@ class LLMClient:
         await asyncio.to_thread(self._cache_put, key, completion)  # file I/O off the event loop
         return completion
 
-    async def _gather(self, requests: list[list[dict]], desc: str) -> list[Completion]:
+    async def _gather(self, requests: list[list[dict]], desc: str, slots: list | None = None) -> list[Completion]:
         """Run all requests concurrently (bounded by the semaphore) with a progress bar; keep their order."""
         from tqdm.auto import tqdm
 
         with tqdm(total=len(requests), desc=desc, leave=False) as bar:
 
-            async def one(messages: list[dict]) -> Completion:
-                result = await self.acomplete(messages)
+            async def one(messages: list[dict], slot: dict | None) -> Completion:
+                result = await self.acomplete(messages, slot)
                 bar.update(1)
                 return result
 
-            return list(await asyncio.gather(*(one(m) for m in requests)))
+            slots = slots or [None] * len(requests)
+            return list(await asyncio.gather(*(one(m, s) for m, s in zip(requests, slots, strict=True))))
 
     def complete_many(self, requests: list[list[dict]], desc: str = "llm") -> list[Completion]:
         """Answer many chat requests, in the same order; blocking (call it outside an event loop)."""
+        return self._run(self._gather(requests, desc))
+
+    def slot_logprobs_many(
+        self, requests: list[tuple[list[dict], list[int]]], candidates: list[str], desc: str = "llm"
+    ) -> list[Completion]:
+        """Next-token logprobs of `candidates` at places of prompts, one evaluation each, in order; blocking.
+
+        Each request is (messages, offsets): the last message is the assistant's reply so far, and offsets are
+        character positions in it; each Completion's `slot_logprobs` holds, per offset, candidate -> logprob of
+        the token that would be written there, given only the text before it.
+        """
+        if not self.supports_slots:
+            raise ValueError(f"{self.model} gives no prompt logprobs; only in-process local/ models do")
+        slots = [{"offsets": list(map(int, offs)), "candidates": list(candidates)} for _, offs in requests]
+        return self._run(self._gather([m for m, _ in requests], desc, slots))
+
+    @staticmethod
+    def _run(coro):
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return asyncio.run(self._gather(requests, desc))
-        raise RuntimeError("complete_many blocks; inside an event loop await acomplete instead")
+            return asyncio.run(coro)
+        coro.close()
+        raise RuntimeError("LLMClient batch calls block; inside an event loop await acomplete instead")
 
     def close(self) -> None:
         """Free the local model, if one was loaded."""

@@ -30,7 +30,9 @@ def metric_columns(*metrics: str) -> dict[str, str]:
     return HEAD_COLUMNS | dict.fromkeys(metrics, "float64") | USAGE_COLUMNS
 
 
-METRIC_COLUMNS = metric_columns("balanced_accuracy", "f1", "precision", "recall", "auroc")
+METRIC_COLUMNS = metric_columns("balanced_accuracy", "f1", "precision", "recall", "auroc") | {
+    "score_metric": "object"  # which metric `score` is: "auroc" or "balanced_accuracy"
+}
 _SCORES = ("balanced_accuracy", "f1", "precision", "recall", "auroc")
 _USAGE = ("prompt_tokens", "completion_tokens", "cached_tokens", "cost_usd")
 
@@ -79,13 +81,22 @@ def _usage_per_latent(usage: pd.DataFrame | None, latents: pd.Index) -> pd.DataF
     return out.fillna({"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0})
 
 
+def _headline(m: dict) -> dict:
+    """The score and its name: AUROC where defined, else balanced accuracy."""
+    use = "auroc" if np.isfinite(m["auroc"]) else "balanced_accuracy"
+    return {"score": m[use], "score_metric": use}
+
+
 def latent_metrics(
     predictions: pd.DataFrame, scorer: str, usage: pd.DataFrame | None = None, kind: str = "detection"
 ) -> pd.DataFrame:
     """One metrics row per latent of `predictions`: metrics over its successful rows, failures counted.
 
     `usage` has one row per prompt with `latent`, `prompt_tokens`, `completion_tokens`, `cost_usd`.
-    The headline `score` is the balanced accuracy (the paper's metric for detection and fuzzing).
+    The headline `score` is the AUROC of P(yes) where the judge gave one for every scored window, else the
+    balanced accuracy (the paper's metric): a small judge that says yes to almost everything has a balanced
+    accuracy of 0.5 whatever the explanation, while the ranking of its P(yes) still tells windows apart.
+    Which one it is shows in `score_metric`.
     """
     rows = []
     for lat, g in predictions.groupby("latent", sort=True):
@@ -97,7 +108,7 @@ def latent_metrics(
         status = "ok" if ok.any() else str(g.loc[~ok, "status"].value_counts().index[0])
         rows.append(
             dict(latent=int(lat), scorer=scorer, kind=kind, status=status, n_failed=int((~ok).sum()), **m)
-            | {"score": m["balanced_accuracy"]}
+            | _headline(m)
         )
     out = pd.DataFrame(rows, columns=[c for c in METRIC_COLUMNS if c not in _USAGE])
     cost = _usage_per_latent(usage, pd.Index(out["latent"], name="latent"))

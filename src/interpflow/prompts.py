@@ -42,10 +42,10 @@ First reason briefly, in a few lines, about what the marked tokens share. Then e
 line of this form:
 Explanation: <your sentence>"""
 
-_JUDGE_HEAD = """\
+_JUDGE_INTRO = """\
 You check explanations of latents of a language model. A latent is an internal feature that becomes \
-active on certain tokens of a text. You get one explanation of what a latent detects, followed by \
-numbered text excerpts."""
+active on certain tokens of a text."""
+_JUDGE_HEAD = f"{_JUDGE_INTRO} You get one explanation of what a latent detects, followed by numbered text excerpts."
 
 _JUDGE_TASK = {
     "detection": """\
@@ -117,10 +117,13 @@ def explainer_user(
     *,
     show_activations: bool = True,
     negative_strs: Sequence[Sequence[str]] | None = None,
+    top_tokens: int = 0,
 ) -> str:
     """The explainer's per-latent message: numbered excerpts with active tokens marked and 0-10 strengths.
 
     With `negative_strs` (contrastive prompt) the excerpts where the latent is not active follow, unmarked.
+    With `top_tokens` > 0 a line after the excerpts lists the most frequent active tokens with their counts:
+    a small explainer sees a token-level property at once instead of guessing a theme from the contexts.
     """
     if not token_strs:
         raise ValueError("the explainer needs at least one example")
@@ -142,6 +145,8 @@ def explainer_user(
             block += f"\nActivations: {listed}"
         blocks.append(block)
     text = "Excerpts:\n\n" + "\n\n".join(blocks)
+    if top_tokens > 0:
+        text += "\n\n" + active_token_counts(token_strs, acts, top_tokens)
     if negative_strs is None:
         return text
     counter = [
@@ -153,6 +158,20 @@ def explainer_user(
     )
 
 
+def active_token_counts(token_strs: Sequence[Sequence[str]], acts: Sequence[np.ndarray], n: int) -> str:
+    """'Most frequent active tokens: "3" (12), "the" (4)': the n commonest active tokens (stripped of
+    surrounding whitespace), ties by first appearance."""
+    counts: dict[str, int] = {}
+    for toks, a in zip(token_strs, acts, strict=True):
+        for t, on in zip(toks, np.asarray(a) > 0, strict=True):
+            if on:
+                key = _escape(str(t)).strip() or _escape(str(t))
+                counts[key] = counts.get(key, 0) + 1
+    top = sorted(counts.items(), key=lambda kv: -kv[1])[:n]  # sorted() is stable: ties keep their order
+    listed = ", ".join(f"{json.dumps(k, ensure_ascii=False)} ({c})" for k, c in top)
+    return f"Most frequent active tokens: {listed}"
+
+
 def explainer_messages(
     token_strs: Sequence[Sequence[str]],
     acts: Sequence[np.ndarray],
@@ -160,11 +179,13 @@ def explainer_messages(
     show_activations: bool = True,
     cot: bool = False,
     negative_strs: Sequence[Sequence[str]] | None = None,
+    top_tokens: int = 0,
 ) -> list[dict]:
     """Chat messages asking for a one-sentence explanation of one latent (contrastive if negative_strs)."""
     contrastive = negative_strs is not None
     system = explainer_system(show_activations=show_activations, cot=cot, contrastive=contrastive)
-    user = explainer_user(token_strs, acts, show_activations=show_activations, negative_strs=negative_strs)
+    user = explainer_user(token_strs, acts, show_activations=show_activations, negative_strs=negative_strs,
+                          top_tokens=top_tokens)  # fmt: skip
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
@@ -184,6 +205,35 @@ def judge_user(explanation: str, texts: Sequence[str]) -> str:
         f"Give {n} label{'s' if n != 1 else ''}, one per excerpt, in exactly this form with each x replaced "
         f"by 0 or 1: [{', '.join('x' * n)}]"
     )
+
+
+# One excerpt, one question, answered by the next token (Yes or No), read from the prompt's logprobs. The
+# excerpt comes before the explanation and the question last: the local 1.5B judge then reads the excerpt
+# against the explanation (measured on planted latents: median AUROC 0.69 against 0.52 with the list prompt).
+_QUESTION_TASK = {
+    "detection": "Answer Yes if the excerpt contains what the explanation describes, so that the latent "
+    "would be active somewhere in it, and No if it does not.",
+    "fuzzing": "Some tokens of the excerpt are marked like <<this>>. Answer Yes if the marked tokens are "
+    "what the explanation describes, and No if they are not.",
+}
+_QUESTION = {
+    "detection": "Does the excerpt contain what the explanation describes? Answer Yes or No.",
+    "fuzzing": "Are the marked tokens what the explanation describes? Answer Yes or No.",
+}
+ANSWERS = ("Yes", "No")
+_QUESTION_HEAD = f"{_JUDGE_INTRO} You get a text excerpt and an explanation of what a latent detects."
+
+
+def judge_question_messages(kind: str, explanation: str, text: str) -> list[dict]:
+    """A yes/no question about one excerpt; the last message is the (empty) reply whose first token answers."""
+    if kind not in _QUESTION_TASK:
+        raise ValueError(f"unknown scorer kind {kind!r}; expected one of {SCORER_KINDS}")
+    user = f"Excerpt: {text}\n\nExplanation: {json.dumps(explanation, ensure_ascii=False)}\n\n{_QUESTION[kind]}"
+    return [
+        {"role": "system", "content": f"{_QUESTION_HEAD}\n\n{_QUESTION_TASK[kind]}"},
+        {"role": "user", "content": user},
+        {"role": "assistant", "content": ""},
+    ]
 
 
 def judge_messages(kind: str, explanation: str, texts: Sequence[str]) -> list[dict]:

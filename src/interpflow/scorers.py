@@ -35,6 +35,7 @@ PREDICTION_COLUMNS = {
     "prompt_index": "int64",
     "position": "int64",
     "seed": "int64",
+    "method": "object",  # "slots": P(yes) of the answer token; "reply": labels parsed from a written list
     "status": "object",
     "error": "object",
 }
@@ -178,6 +179,21 @@ def scorable_latents(
         yield lat, expl, ex, rng
 
 
+METHODS = ("auto", "slots", "reply")
+
+
+def choose_method(cfg: dict, supports_slots: bool) -> str:
+    """How an LLM scorer reads its model: "slots" (next-token logprobs at places of the prompt, one
+    evaluation, nothing generated) where the model gives them and the config allows, else "reply"."""
+    method = cfg.get("method", "auto")
+    if method not in METHODS:
+        raise ValueError(f"scorer option method must be one of {METHODS}, got {method!r}")
+    if method == "slots" and not supports_slots:
+        raise ValueError(f"scorer {cfg.get('name') or cfg.get('kind')}: method 'slots' needs prompt logprobs, "
+                         "which only in-process local/ models give (use method: reply or auto)")  # fmt: skip
+    return "slots" if method == "slots" or (method == "auto" and supports_slots) else "reply"
+
+
 def _check_cfg(cfg: dict) -> tuple[str, int, int]:
     """Validate the scorer options; return (kind, examples_per_prompt, seed)."""
     kind = cfg.get("kind")
@@ -193,14 +209,16 @@ def _check_cfg(cfg: dict) -> tuple[str, int, int]:
 
 
 def build_prompts(
-    examples: pd.DataFrame, explanations: pd.DataFrame, cfg: dict
-) -> tuple[list[list[dict]], list[tuple[int, int, pd.DataFrame]], dict[int, str]]:
+    examples: pd.DataFrame, explanations: pd.DataFrame, cfg: dict, method: str = "reply"
+) -> tuple[list, list[tuple[int, int, pd.DataFrame]], dict[int, str]]:
     """Judge prompts for every latent with an "ok" explanation.
 
-    Returns the chat requests, per request (latent, prompt_index, its windows in order), and the status of
-    each latent that gets no prompt.
+    Returns the requests (reply: chat messages with examples_per_prompt windows each; slots: one yes/no
+    question per window as (messages, [0]), the answer read at the start of the reply), per request (latent,
+    prompt_index, its windows in order), and the status of each latent that gets no prompt.
     """
     kind, per_prompt, _ = _check_cfg(cfg)
+    per_prompt = 1 if method == "slots" else per_prompt
     requests, meta, unscored = [], [], {}
     for lat, expl, ex, rng in scorable_latents(examples, explanations, cfg, unscored):
         acts = [np.asarray(a, dtype=np.float64) for a in ex["acts"]]
@@ -210,17 +228,29 @@ def build_prompts(
             marks = [np.zeros(len(a), dtype=bool) for a in acts]
         texts = [prompts.mark_text(list(t), m) for t, m in zip(ex["token_strs"], marks, strict=True)]
         for p, s in enumerate(range(0, len(ex), per_prompt)):
-            requests.append(prompts.judge_messages(kind, expl, texts[s : s + per_prompt]))
+            if method == "slots":
+                requests.append((prompts.judge_question_messages(kind, expl, texts[s]), [0]))
+            else:
+                requests.append(prompts.judge_messages(kind, expl, texts[s : s + per_prompt]))
             meta.append((lat, p, ex.iloc[s : s + per_prompt]))
     return requests, meta, unscored
 
 
-def _read_judgment(lat: int, p: int, ex: pd.DataFrame, c, seed: int) -> pd.DataFrame:
+def _answer_probs(c, n: int) -> tuple[list | None, np.ndarray, str, str]:
+    """(labels or None, P(yes) [n], status, error) of one completion of the slots method (n = 1)."""
+    lp = np.array([[d[a] for a in prompts.ANSWERS] for d in c.slot_logprobs], dtype=np.float64)  # [n, 2]
+    p_yes = 1.0 / (1.0 + np.exp(lp[:, 1] - lp[:, 0]))  # renormalised over the two answers
+    return [bool(p >= 0.5) for p in p_yes], p_yes, "ok", ""
+
+
+def _read_judgment(lat: int, p: int, ex: pd.DataFrame, c, seed: int, method: str = "reply") -> pd.DataFrame:
     """Prediction rows of one prompt's windows from the judge's completion."""
     n = len(ex)
     pred, p_yes, status, error = [None] * n, np.full(n, np.nan), "ok", ""
     if c.status != "ok":
         status, error = "llm_error", c.error or "llm error"
+    elif method == "slots":
+        pred, p_yes, status, error = _answer_probs(c, n)
     else:
         labels = parse_labels(c.text, n)
         if labels is None:
@@ -237,6 +267,7 @@ def _read_judgment(lat: int, p: int, ex: pd.DataFrame, c, seed: int) -> pd.DataF
             "prompt_index": p,
             "position": np.arange(n),
             "seed": seed,
+            "method": method,
             "status": status,
             "error": error,
         }
@@ -248,16 +279,18 @@ def score_latents(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Score every latent's explanation with one judge call per prompt; return (predictions, metrics)."""
     kind, _, seed = _check_cfg(cfg)
-    requests, meta, unscored = build_prompts(examples, explanations, cfg)
-    log.info(
-        "%s: %d prompts for %d latents (%d without prompts)",
-        kind,
-        len(requests),
-        len(explanations),
-        len(unscored),
-    )
-    completions = client.complete_many(requests, desc=kind) if requests else []
-    frames = [_read_judgment(lat, p, ex, c, seed) for (lat, p, ex), c in zip(meta, completions, strict=True)]
+    method = choose_method(cfg, bool(getattr(client, "supports_slots", False)))
+    requests, meta, unscored = build_prompts(examples, explanations, cfg, method)
+    log.info("%s (%s): %d prompts for %d latents (%d without prompts)", kind, method, len(requests),
+             len(explanations), len(unscored))  # fmt: skip
+    if not requests:
+        completions = []
+    elif method == "slots":
+        completions = client.slot_logprobs_many(requests, list(prompts.ANSWERS), desc=kind)
+    else:
+        completions = client.complete_many(requests, desc=kind)
+    pairs = zip(meta, completions, strict=True)
+    frames = [_read_judgment(lat, p, ex, c, seed, method) for (lat, p, ex), c in pairs]
     predictions = (
         pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*PREDICTION_COLUMNS])
     )
