@@ -18,7 +18,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 
-.PHONY: setup run test lint bench estimate clean
+.PHONY: setup run test lint bench validity estimate clean
 
 setup: $(STAMP)
 
@@ -51,6 +51,10 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/run.py
+
+# The planted-latent benchmark (issue 13): probes of token properties as latents, through the real workflow.
+validity: setup
+	$(PY) benchmarks/validity.py --cores $(CORES)
 
 # What the config would cost (LLM calls, tokens, dollars, forward tokens), before anything runs.
 estimate: setup

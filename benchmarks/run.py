@@ -55,7 +55,7 @@ SAMPLER = {
     "n_test": 100,
     "n_nonactivating": 100,
     "n_quantiles": 10,
-    "min_activating": 200,
+    "min_activations": 200,
     "seed": 0,
     "latents": {"n": 512, "seed": 0},
 }
@@ -363,19 +363,14 @@ def bench_examples() -> dict:
 
 
 def common_latents(shard_path: str, n: int) -> list[int]:
-    """The first n latents of a shard with at least min_activating activating windows."""
+    """The first n latents of a shard with at least min_activations activations."""
     import numpy as np
 
     from interpflow.latents import read_shard
 
     shard = read_shard(shard_path)
-    wid = shard.positions.astype(np.int64) // SAMPLER["example_ctx_len"]
-    new = np.ones(wid.size, bool)
-    new[1:] = wid[1:] != wid[:-1]
-    counts = np.diff(shard.offsets)
-    new[shard.offsets[:-1][counts > 0]] = True  # each latent's first entry
-    windows = np.bincount(np.repeat(np.arange(counts.size), counts)[new], minlength=counts.size)
-    ok = np.flatnonzero(windows >= SAMPLER["min_activating"]) + shard.latent_start
+    counts = np.diff(shard.offsets)  # [n_latents] nonzero activations of each latent
+    ok = np.flatnonzero(counts >= SAMPLER["min_activations"]) + shard.latent_start
     return [int(i) for i in ok[:n]]
 
 

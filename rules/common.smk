@@ -169,7 +169,8 @@ def subject_kind(dictionary, explainer):
 
 
 def scored_shards():
-    """One record per (run combination, shard): its wildcard values and its metrics and explanations files."""
+    """One record per (run combination, shard): its wildcard values, its subject, the explainer's kind (llm,
+    random, top-tokens: what the summary pairs LLM against baseline by) and its metrics and explanations files."""
     records = []
     for c in run_combinations(config):
         for shard in range(n_shards(c["dictionary"])):
@@ -178,6 +179,7 @@ def scored_shards():
                 dict(
                     w,
                     subject=subject_kind(c["dictionary"], c["explainer"]),
+                    explainer_kind=config["explainers"][c["explainer"]].get("kind", "llm"),
                     metrics=expand(rules.score.output.metrics, **w)[0],
                     explanations=expand(rules.explain.output[0], **w)[0],
                 )

@@ -19,11 +19,12 @@ rule summarize:
         metrics=[r["metrics"] for r in scored_shards()],
         explanations=[r["explanations"] for r in scored_shards()],
         estimate=rules.estimate.output[0],
-        code=code("report", "estimate"),
+        code=code("report", "stats", "estimate"),
     output:
         table="results/summary/latents.parquet",
         aggregates="results/summary/aggregates.parquet",
         subjects="results/summary/subjects.parquet",
+        comparisons="results/summary/comparisons.parquet",
         correlations="results/summary/correlations.parquet",
         costs="results/summary/costs.parquet",
         spent="results/summary/estimate_vs_spent.parquet",

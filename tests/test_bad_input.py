@@ -31,7 +31,7 @@ Rain fell on the town and the river rose over the stone bridge by the mill.
 
 The king sent a letter to the queen who lived in a castle by the sea."""
 CTX, N_SEQ, D_MODEL, N_LAYERS = 16, 4, 16, 30
-SAMPLER = dict(example_ctx_len=8, n_train=2, n_test=1, n_nonactivating=2, n_quantiles=1, min_activating=1)
+SAMPLER = dict(example_ctx_len=8, n_train=2, n_test=1, n_nonactivating=2, n_quantiles=1, min_activations=1)
 PREVIOUS = b"output of an earlier good run\n"
 SAE_CFG = {"kind": "topk-sae", "name": "sae8", "width": 8, "k": 2}
 STORE = {"shard_size": 4, "device": "cpu"}

@@ -8,9 +8,12 @@ import pytest
 from conftest import example_row
 
 from interpflow.baselines import (
+    RANDOM_COLUMNS,
+    assign_donors,
     derangement,
     explain_random,
     explain_top_tokens,
+    normalise_text,
     run_random,
     run_top_tokens,
     top_tokens,
@@ -89,50 +92,120 @@ def test_run_top_tokens_round_trip(tmp_path):
     assert back.explanation.iloc[0] == 'the tokens "1", "19"' and back.status.tolist()[2] == "skipped"
 
 
-def _source(statuses: list[str]) -> pd.DataFrame:
+def _source(statuses: list[str], first: int = 10, texts: list[str] | None = None) -> pd.DataFrame:
+    """One shard of source explanations: latents first, first + 1, ...; text "expl N" unless given."""
     n = len(statuses)
+    texts = texts or [f"expl {first + i}" for i in range(n)]
     return pd.DataFrame(
         {
-            "latent": np.arange(10, 10 + n),
+            "latent": np.arange(first, first + n),
             "status": statuses,
-            "explanation": [f"expl {10 + i}" if s == "ok" else None for i, s in enumerate(statuses)],
+            "explanation": [t if s == "ok" else None for t, s in zip(texts, statuses, strict=True)],
             "error": ["" if s == "ok" else "no marker" for s in statuses],
         }
     )
 
 
-def test_random_is_a_derangement_of_ok_explanations():
-    source = _source(["ok", "ok", "parse_error", "ok", "ok", "ok"])
-    for seed in range(30):
-        out = explain_random(source, {"seed": seed})
+def _shards() -> list[pd.DataFrame]:
+    """Three shards of three latents; "Digits" and " digits " are one text after normalisation."""
+    return [
+        _source(["ok", "ok", "parse_error"], 0, ["Digits", "commas", None]),
+        _source(["ok", "ok", "ok"], 3, ["  digits ", "the word the", "brackets"]),
+        _source(["ok", "ok", "ok"], 6, ["COMMAS", "capital  letters", "years"]),
+    ]
+
+
+def _donors(out: pd.DataFrame) -> dict[int, int]:
+    ok = out[out.status == "ok"]
+    return dict(zip(ok.latent.tolist(), ok.donor_latent.tolist(), strict=True))
+
+
+def test_random_is_a_derangement_across_shards_never_an_identical_text():
+    shards = _shards()
+    pool = pd.concat(shards, ignore_index=True)
+    text = dict(zip(pool.latent, pool.explanation, strict=True))
+    from_other_shard = 0
+    for seed in range(40):
+        outs = [explain_random(shard, {"seed": seed}, pool) for shard in shards]
+        for shard, out in zip(shards, outs, strict=True):
+            assert out.latent.tolist() == shard.latent.tolist()  # a shard's output lists only its own
+            assert list(out.columns) == list(RANDOM_COLUMNS) and (out.model == "random").all()
+        out = pd.concat(outs, ignore_index=True)
+        donors = _donors(out)
+        assert sorted(donors) == [0, 1, 3, 4, 5, 6, 7, 8]
+        assert sorted(donors.values()) == sorted(donors)  # a permutation: each ok explanation given once
+        for lat, d in donors.items():
+            assert d != lat and normalise_text(text[d]) != normalise_text(text[lat])
         ok = out[out.status == "ok"]
-        assert ok.latent.tolist() == [10, 11, 13, 14, 15]
-        donors = ok.completion.str.removeprefix("from latent ").astype(int)
-        assert (donors != ok.latent).all()  # never its own
-        assert sorted(donors) == [10, 11, 13, 14, 15]  # each ok explanation used once
-        assert (ok.explanation == "expl " + donors.astype(str)).all()
-    assert (
-        out.loc[2, "status"] == "skipped"
-        and out.loc[2, "error"] == "source explanation parse_error: no marker"
-    )
-    assert list(out.columns) == list(EXPLANATION_COLUMNS) and (out.model == "random").all()
-    pd.testing.assert_frame_equal(explain_random(source, {"seed": 3}), explain_random(source, {"seed": 3}))
-    assert not explain_random(source, {"seed": 3}).completion.equals(
-        explain_random(source, {"seed": 4}).completion
-    )
+        assert (ok.explanation == ok.donor_latent.map(text)).all()
+        assert (ok.completion == "from latent " + ok.donor_latent.astype(str)).all()
+        from_other_shard += sum(d // 3 != lat // 3 for lat, d in donors.items())
+    assert from_other_shard > 40 * 8 / 2  # most of a latent's valid donors lie in other shards
+    skipped = outs[0].iloc[2]
+    assert skipped.status == "skipped" and skipped.error == "source explanation parse_error: no marker"
+    assert skipped.donor_latent == -1 and pd.isna(skipped.explanation)
 
 
-def test_random_skips_when_only_one_is_eligible():
-    out = explain_random(_source(["parse_error", "ok"]), {})
-    assert out.status.tolist() == ["skipped", "skipped"]
-    assert out.error.iloc[1] == "no other latent of the shard has an ok source explanation"
+def test_random_assignment_is_the_same_in_every_shard_job():
+    shards = _shards()
+    pool = pd.concat(shards, ignore_index=True)
+    whole = explain_random(pool, {"seed": 7}, pool)  # one job computing every latent at once
+    shuffled = pool.sample(frac=1, random_state=1)  # the shard files read in another order
+    per_shard = pd.concat([explain_random(s, {"seed": 7}, shuffled) for s in shards], ignore_index=True)
+    pd.testing.assert_frame_equal(per_shard, whole)
+    assert _donors(explain_random(pool, {"seed": 8}, pool)) != _donors(whole)
+
+
+def test_random_gives_a_one_latent_shard_a_donor_from_another_shard():
+    lone, other = _source(["ok"], 0), _source(["ok", "parse_error"], 1)
+    pool = pd.concat([lone, other], ignore_index=True)
+    out = explain_random(lone, {"seed": 0}, pool)
+    # the only other ok latent is 1 (latent 2 has no explanation): with its own shard only, it had none
+    assert out.status.tolist() == ["ok"] and out.donor_latent.tolist() == [1]
+    assert out.explanation.tolist() == ["expl 1"]
+    assert explain_random(other, {"seed": 0}, pool).donor_latent.tolist() == [0, -1]
+
+
+def test_random_skips_when_only_one_latent_is_explained_overall():
+    no_donor = "no other explained latent of the dictionary at this hookpoint has a different explanation"
+    pool = pd.concat([_source(["parse_error"], 0), _source(["ok"], 1)], ignore_index=True)
+    out = explain_random(pool, {}, pool)
+    assert out.status.tolist() == ["skipped", "skipped"] and out.error.iloc[1] == no_donor
+    assert out.donor_latent.tolist() == [-1, -1] and out.explanation.isna().all()
+    same = _source(["ok", "ok"], 0, ["Commas", "commas "])  # two latents, one text: no valid donor
+    assert explain_random(same, {}).error.tolist() == [no_donor, no_donor]
     with pytest.raises(ValueError, match="at least 2"):
         derangement(1, np.random.default_rng(0))
 
 
+def test_assign_donors_swaps_away_identical_texts():
+    # two texts, two latents each: the only valid assignments send {0, 1} onto {2, 3} and back
+    for seed in range(30):
+        donor = assign_donors(["x", " X", "y", "y\n"], np.random.default_rng(seed))
+        assert sorted(donor[:2]) == [2, 3] and sorted(donor[2:]) == [0, 1]
+    # one text held by 3 of 4: no permutation avoids it, so all three take "b" and "b" takes one of them
+    for seed in range(30):
+        donor = assign_donors(["a", "A", "a ", "b"], np.random.default_rng(seed))
+        assert donor[:3].tolist() == [3, 3, 3] and donor[3] in (0, 1, 2)
+    assert assign_donors(["a"], np.random.default_rng(0)).tolist() == [-1]
+
+
+def test_random_rejects_an_inconsistent_pool():
+    shard = _source(["ok", "ok"], 0)
+    with pytest.raises(ValueError, match="latent 1 has two ok"):
+        explain_random(shard, {}, pd.concat([shard, _source(["ok"], 1)], ignore_index=True))
+    with pytest.raises(ValueError, match="latent 0 of the shard is missing"):
+        explain_random(shard, {}, _source(["ok", "ok"], 1))
+    with pytest.raises(ValueError, match="seed"):
+        explain_random(shard, {"seed": "1"})
+
+
 def test_run_random_round_trip(tmp_path):
-    write_parquet(_source(["ok", "ok"]), tmp_path / "src.parquet")
-    run_random(tmp_path / "src.parquet", {"seed": 0}, tmp_path / "out.parquet")
-    back = read_parquet(tmp_path / "out.parquet")
-    assert back.explanation.tolist() == ["expl 11", "expl 10"]  # the only derangement of two
-    assert back.completion.tolist() == ["from latent 11", "from latent 10"]
+    write_parquet(_source(["ok"], 10), tmp_path / "src-0.parquet")
+    write_parquet(_source(["ok"], 11), tmp_path / "src-1.parquet")
+    pool = [tmp_path / "src-0.parquet", tmp_path / "src-1.parquet"]
+    for shard, other in [(0, 11), (1, 10)]:  # the only derangement of two, found by each shard's job
+        run_random(pool[shard], pool, {"seed": 0}, tmp_path / f"out-{shard}.parquet")
+        back = read_parquet(tmp_path / f"out-{shard}.parquet")
+        assert back.explanation.tolist() == [f"expl {other}"] and back.donor_latent.tolist() == [other]
+        assert back.completion.tolist() == [f"from latent {other}"]

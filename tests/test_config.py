@@ -23,7 +23,7 @@ def test_shipped_configs_are_valid():
     for name in ["config/config.yaml", "tests/data/tiny.yaml"]:
         config = load(name)
         check_config(config)
-    assert config["samplers"]["small"]["min_activating"] is None  # defaults are filled in
+    assert config["samplers"]["small"]["n_train_nonactivating"] == 0  # defaults are filled in
     assert config["models"]["smollm2"]["dtype"] == "auto"
 
 

@@ -9,17 +9,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+import yaml
+from conftest import REPO
 
 from interpflow.latents import LatentShard, encode_to_shards, read_shard
 from interpflow.sampling import (
     NEGATIVES,
+    Vocab,
     partner_latents,
+    read_vocab,
     run_sampling,
     sample_examples,
     select_latents,
     select_test_examples,
     shard_files,
+    span_strings,
     window_incidence,
+    window_strings,
 )
 
 N_SEQ, CTX, L, VOCAB = 100, 64, 8, 50
@@ -136,12 +142,16 @@ def test_nonactivating_pool_smaller_than_requested(sampled):
     assert sorted(non.seq * (CTX // L) + non.start // L) == [3, 100, 101, 500, 799]
 
 
-def test_rare_and_dead_latents_are_skipped(sampled):
+def test_rare_and_dead_latents_are_skipped(world, sampled):
+    _, _, dense, _ = world
     examples, latents = sampled
+    n_act = [np.count_nonzero(dense[j]) for j in range(START, END)]
+    n_win = [np.count_nonzero(dense[j].reshape(N_WINDOWS, L).any(axis=1)) for j in range(START, END)]
     assert latents.latent.tolist() == [10, 11, 12, 13, 14]
-    assert latents.status.tolist() == ["ok", "skipped", "skipped", "ok", "ok"]
-    assert latents.n_activating_windows[1:3].tolist() == [7, 0]
-    assert latents.reason[1] == "only 7 activating windows; need 30 (n_train + n_test)"
+    assert latents.n_activations.tolist() == n_act and latents.n_activating_windows.tolist() == n_win
+    assert n_win[1] == 7 and 7 <= n_act[1] < 200 and min(n_act[0], n_act[3], n_act[4]) >= 200
+    assert latents.status.tolist() == ["ok", "skipped", "skipped", "ok", "ok"]  # default: 200 activations
+    assert latents.reason[1] == f"only {n_act[1]} activations; need 200 (min_activations)"
     assert latents.reason[2] == "never fires"
     assert (latents.reason[latents.status == "ok"] == "").all()
     assert sorted(set(examples.latent)) == [10, 13, 14]
@@ -149,11 +159,126 @@ def test_rare_and_dead_latents_are_skipped(sampled):
 
 def test_short_latent_with_low_threshold_keeps_splits_disjoint(world):
     tokens, vocab, _, shard = world
-    examples, latents = sample_examples(tokens, vocab, shard, CFG | {"min_activating": 5, "n_train": 5}, [11])
+    cfg = CFG | {"min_activations": 5, "n_train": 5}
+    examples, latents = sample_examples(tokens, vocab, shard, cfg, [11])
     act = examples[examples.activating]
     assert latents.status.tolist() == ["ok"]
     assert (act.split == "train").sum() == 5 and (act.split == "test").sum() == 2
     assert len(set(zip(act.seq, act.start, strict=True))) == 7
+
+
+def test_min_activations_counts_activations_not_windows(world):
+    tokens, vocab, _, _ = world
+    dense = np.zeros((2, N_SEQ * CTX), np.float16)
+    dense[0, 40:64] = 1.0  # every token of windows 5-7: 24 activations in 3 windows
+    dense[1, np.arange(10, 20) * L + 3] = 2.0  # one token in each of windows 10-19: 10 activations
+    pos = [np.flatnonzero(d).astype(np.uint32) for d in dense]
+    shard = LatentShard(0, 2, N_SEQ, CTX, np.array([0, 24, 34]), np.concatenate(pos),
+                        np.concatenate([d[p] for d, p in zip(dense, pos, strict=True)]))  # fmt: skip
+    examples, latents = sample_examples(tokens, vocab, shard, CFG | {"min_activations": 20})
+    assert latents.n_activations.tolist() == [24, 10] and latents.n_activating_windows.tolist() == [3, 10]
+    assert latents.status.tolist() == ["ok", "skipped"]
+    assert latents.reason.tolist() == ["", "only 10 activations; need 20 (min_activations)"]
+    assert set(examples.latent) == {0} and examples.activating.sum() == 3  # all 3 windows, none shared
+    _, latents = sample_examples(tokens, vocab, shard, CFG | {"min_activations": 25})
+    assert latents.status.tolist() == ["skipped", "skipped"]
+
+
+def test_old_min_activating_key_is_named(world):
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    tokens, vocab, _, shard = world
+    with pytest.raises(ValueError, match="min_activating .*replaced by min_activations"):
+        sample_examples(tokens, vocab, shard, CFG | {"min_activating": 5})
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    config["samplers"]["default"]["min_activating"] = 28
+    with pytest.raises(WorkflowError, match="min_activating"):
+        validate(config, str(REPO / "workflow/schemas/config.schema.yaml"))
+    del config["samplers"]["default"]["min_activating"]
+    validate(config, str(REPO / "workflow/schemas/config.schema.yaml"))
+    assert config["samplers"]["default"]["min_activations"] == 40  # the default run states its own value
+
+
+def test_span_strings_hand_computed():
+    pieces = [b"caf", b"\xc3", b"\xa9", b" \xf0\x9f", b"\x99", b"\x82!"]  # "café 🙂!", é and 🙂 split
+    assert span_strings(pieces) == ["caf", "", "é", " ", "", "\U0001f642!"]
+    assert span_strings([b"\xa9x", b"y\xc3"]) == ["\ufffdx", "y\ufffd"]  # characters cut by the window edge
+    assert span_strings([b"", b"ab", b""]) == ["", "ab", ""] and span_strings([b""]) == [""]
+
+
+def test_span_strings_join_to_the_decoded_span():
+    rng = np.random.default_rng(0)
+    text = "naïve café, 日本語 and 🙂🎉 — done".encode()
+    for _ in range(300):
+        cuts = np.sort(rng.choice(np.arange(1, len(text)), rng.integers(1, 12), replace=False))
+        pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+        got = span_strings(pieces)
+        assert "".join(got) == text.decode() and not any("\ufffd" in g for g in got)
+        # each character goes to the token holding its last byte
+        ends = np.cumsum([len(p) for p in pieces])
+        last_byte = np.cumsum([len(c.encode()) for c in text.decode()]) - 1
+        owner = np.searchsorted(ends, last_byte, side="right")
+        assert got == ["".join(c for c, o in zip(text.decode(), owner, strict=True) if o == k)
+                       for k in range(len(pieces))]  # fmt: skip
+    for _ in range(300):  # arbitrary bytes: still exactly the span decoded with replacement characters
+        pieces = [rng.bytes(int(n)) for n in rng.integers(0, 5, rng.integers(1, 9))]
+        assert "".join(span_strings(pieces)) == b"".join(pieces).decode("utf-8", "replace")
+
+
+def _byte_level_tokenizer():
+    """A byte-level BPE (SmolLM2's kind) trained on ASCII only, so accented letters and emoji stay bytes."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    tok.train_from_iterator(["the cafe is naive and done"] * 20,
+                            trainers.BpeTrainer(vocab_size=300, initial_alphabet=alphabet))  # fmt: skip
+    return PreTrainedTokenizerFast(tokenizer_object=tok)
+
+
+def _byte_fallback_tokenizer():
+    """A SentencePiece-style BPE with byte fallback (Gemma's kind): letters, ▁, the rest as <0xNN> bytes."""
+    from tokenizers import Tokenizer, decoders, models, normalizers
+    from transformers import PreTrainedTokenizerFast
+
+    pieces = ["<unk>", *(f"<0x{b:02X}>" for b in range(256)), *"abcdefghijklmnopqrstuvwxyz,▁"]
+    vocab = {p: i for i, p in enumerate(pieces)}
+    tok = Tokenizer(models.BPE(vocab, [], unk_token="<unk>", byte_fallback=True))
+    tok.normalizer = normalizers.Replace(" ", "▁")
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    return PreTrainedTokenizerFast(tokenizer_object=tok)
+
+
+@pytest.mark.parametrize("make", [_byte_level_tokenizer, _byte_fallback_tokenizer])
+def test_windows_decode_as_spans_without_replacement_characters(tmp_path, make):
+    from interpflow.models import vocab_table
+
+    tokenizer = make()
+    text = "the café is naïve 🙂 and done"
+    ids = tokenizer(text)["input_ids"]
+    table = vocab_table(tokenizer)
+    alone = table.text.to_numpy()[ids]
+    assert any("\ufffd" in t for t in alone)  # per-token decoding splits é, ï and 🙂
+    table.to_parquet(tmp_path / "vocab.parquet")
+    vocab = read_vocab(tmp_path / "vocab.parquet")
+    plain = [tokenizer.convert_tokens_to_ids("a")] * len(ids)  # a window of whole tokens: the lookup path
+    strs = window_strings(np.array([ids, plain]), vocab)
+    assert "".join(strs[0]) == tokenizer.decode(ids) == text and not any("\ufffd" in t for t in strs[0])
+    assert strs[0][0] == alone[0] == tokenizer.decode(ids[:1])  # a whole-character token keeps its text
+    assert strs[1].tolist() == ["a"] * len(ids)
+
+
+def test_window_strings_lookup_for_whole_tokens_and_old_vocab(tmp_path):
+    vocab = Vocab.from_texts(np.array(["a", "\ufffd", "b"], dtype=object))
+    # a token that is itself U+FFFD is whole: it keeps its text
+    assert window_strings(np.array([[0, 1, 2]]), vocab).tolist() == [["a", "\ufffd", "b"]]
+    pd.DataFrame({"token_id": [0, 1], "text": ["x", "y"]}).to_parquet(tmp_path / "old.parquet")
+    old = read_vocab(tmp_path / "old.parquet")  # no `bytes` column: the texts as they are
+    assert old.text.tolist() == ["x", "y"] and old.whole.all()
 
 
 def test_remainder_spread_over_bins(world):
@@ -270,7 +395,8 @@ H_WIN = H_SEQ * H_CTX // H_L
 A_WINDOWS = np.arange(0, 60, 2)  # latent 1 ("A") fires in 30 windows
 B_ONLY = np.array([1, 3, 5, 7, 9, 11, 13, 15, 17, 19])  # latent 4 ("B") fires in A's windows and these
 LEX_ONLY = np.array([61, 63, 65, 67, 69, 71, 73, 75, 77, 79])  # token 7 occurs here, latent 1 silent
-H_CFG = {"example_ctx_len": H_L, "n_train": 5, "n_test": 5, "n_nonactivating": 0, "n_quantiles": 2, "seed": 0}
+H_CFG = {"example_ctx_len": H_L, "n_train": 5, "n_test": 5, "n_nonactivating": 0, "n_quantiles": 2, "seed": 0,
+         "min_activations": 10}  # fmt: skip
 
 
 def _on(windows: np.ndarray, column: int = 3) -> np.ndarray:

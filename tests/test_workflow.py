@@ -74,7 +74,9 @@ def test_full_run_produces_every_output(tiny):
     assert len(ok) > 0 and (ok["n"] > 0).all()
     judged = ok[ok["kind"].isin(["detection", "fuzzing"])]
     assert judged["balanced_accuracy"].between(0, 1).all()
-    assert (judged["score"] == judged["balanced_accuracy"]).all()
+    # the headline is AUROC where the judge's P(yes) exists (the local judge always gives it), else BA
+    headline = judged["auroc"].where(judged["score_metric"] == "auroc", judged["balanced_accuracy"])
+    assert (judged["score"] == headline).all() and (judged["score_metric"] == "auroc").any()
     assert ok.loc[ok["kind"] == "embedding", "score"].between(0, 1).all()
     predictions = pd.read_parquet(base / "small/qwen/detection/predictions-0.parquet")
     assert {"latent", "example_id", "activating", "prediction", "p_yes"} <= set(predictions.columns)
@@ -82,8 +84,9 @@ def test_full_run_produces_every_output(tiny):
         assert (work / "results/summary" / name).stat().st_size > 1000
     aggregates = pd.read_parquet(work / "results/summary/aggregates.parquet")
     aggregates = aggregates[(aggregates["sampler"] == "small") & (aggregates["dictionary"] == "topk-128")]
+    aggregates = aggregates[aggregates["metric"] == "score"]
     assert len(aggregates) == 10 and (aggregates["latents"] == 4).all()
-    ok = aggregates[aggregates["scored"] >= 2]
+    ok = aggregates[aggregates["scored"] >= 6]  # the median's interval needs 6 values
     assert (ok["ci_low"] <= ok["median"]).all() and (ok["median"] <= ok["ci_high"]).all()
     costs = pd.read_parquet(work / "results/summary/costs.parquet")
     detection = costs[(costs["stage"] == "score") & (costs["name"] == "detection")]

@@ -24,7 +24,7 @@ def task(a: dict) -> dict:
     )
     constructor_cfg = ConstructorConfig(
         example_ctx_len=s["example_ctx_len"],
-        min_examples=s["min_activating"],
+        min_examples=s["min_activations"],  # delphi also counts activations
         n_non_activating=s["n_nonactivating"],
         non_activating_source="random",
     )

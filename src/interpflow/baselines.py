@@ -1,8 +1,8 @@
 """Explainers without an LLM, as baselines: the latent's top tokens, and another latent's explanation.
 
-Both write the explanations table of interpflow.explain (same columns), so every scorer runs on them
-unchanged: "top-tokens" is the floor an LLM explanation has to beat, "random" is chance (Paulo et al.
-2024 report random explanations at 0.51 detection/fuzzing).
+Both write the explanations table of interpflow.explain (the random one adds `donor_latent`), so every
+scorer runs on them unchanged: "top-tokens" is the floor an LLM explanation has to beat, "random" is
+chance (Paulo et al. 2024 report random explanations at 0.51 detection/fuzzing).
 """
 
 from __future__ import annotations
@@ -127,46 +127,104 @@ def derangement(n: int, rng: np.random.Generator) -> np.ndarray:
             return perm
 
 
-def explain_random(source: pd.DataFrame, cfg: dict) -> pd.DataFrame:
-    """Give each latent with an ok source explanation the explanation of another such latent of the shard.
+# the random baseline's table: the explanations table plus the latent whose explanation was given
+RANDOM_COLUMNS = EXPLANATION_COLUMNS | {"donor_latent": "int64"}
+_NO_DONOR = "no other explained latent of the dictionary at this hookpoint has a different explanation"
 
-    The donors are a seeded random derangement of the ok latents, so no latent keeps its own explanation
-    and each explanation is used once. Latents whose source explanation is not ok stay out (status
-    "skipped"), so the baseline covers the same latents as its source.
+
+def normalise_text(text: str) -> str:
+    """An explanation as compared for identity: case-folded, whitespace runs collapsed to one space."""
+    return " ".join(str(text).split()).casefold()
+
+
+def assign_donors(texts: list[str], rng: np.random.Generator) -> np.ndarray:
+    """For each of `texts`, the index of a donor whose normalised text differs, or -1 if none exists.
+
+    A seeded derangement, then each latent whose donor has the same normalised text (a near-duplicate
+    explanation would score like the real one, and the baseline would not be a floor) swaps donors with
+    a random latent for which the swap is valid too. Such a swap exists while no text is shared by more
+    than half the latents, so the result is a permutation: each explanation given once. With all texts
+    distinct it is a uniform derangement. Past half, a permutation is impossible; the latents left get a
+    random donor of another text (reused), and -1 only when every text is the same as theirs.
+    """
+    group = pd.factorize(pd.Series([normalise_text(t) for t in texts], dtype=object))[0]
+    if len(texts) < 2:
+        return np.full(len(texts), -1)
+    donor = derangement(len(texts), rng)
+    left = []
+    for i in np.flatnonzero(group[donor] == group):
+        if group[donor[i]] != group[i]:
+            continue  # fixed already, as the partner of an earlier swap
+        # j outside i's text whose donor is outside it too: after the swap both donors differ in text
+        partners = np.flatnonzero((group != group[i]) & (group[donor] != group[i]))
+        if partners.size:
+            j = rng.choice(partners)
+            donor[i], donor[j] = donor[j], donor[i]
+        else:
+            left.append(i)
+    for i in left:
+        others = np.flatnonzero(group != group[i])
+        donor[i] = rng.choice(others) if others.size else -1
+    return donor
+
+
+def _pooled_donors(pool: pd.DataFrame, seed: int) -> dict[int, tuple[int, str] | None]:
+    """Each ok latent of `pool` (every shard's source explanations) -> (donor latent, donor explanation).
+
+    Drawn over the union sorted by latent with `seed` alone, so every shard job draws the same assignment.
+    """
+    ok = pool[pool["status"].to_numpy() == "ok"].sort_values("latent", kind="stable")
+    dup = ok["latent"][ok["latent"].duplicated()]
+    if len(dup):
+        raise ValueError(f"latent {int(dup.iloc[0])} has two ok source explanations across the shards")
+    latent, texts = ok["latent"].to_numpy(np.int64), ok["explanation"].tolist()
+    donor = assign_donors(texts, np.random.default_rng(seed))
+    return {int(latent[i]): (int(latent[d]), texts[d]) if d >= 0 else None for i, d in enumerate(donor)}
+
+
+def explain_random(source: pd.DataFrame, cfg: dict, pool: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Give each latent of `source` (one shard) with an ok explanation another latent's explanation.
+
+    The donors come from `pool`, the source explanations of every shard of the dictionary at this
+    hookpoint (default: `source` alone), by assign_donors: never the latent itself, never an identical
+    (case- and whitespace-normalised) text. Latents whose source explanation is not ok stay out (status
+    "skipped"), so the baseline covers the same latents as its source. One row per row of `source`.
     """
     seed = cfg.get("seed", 0)
     if not isinstance(seed, int):
         raise ValueError(f"random explainer option seed must be an integer, got {seed!r}")
-    ok = np.flatnonzero(source["status"].to_numpy() == "ok")
-    latent = source["latent"].to_numpy(np.int64)
-    donor = np.full(len(source), -1)
-    if ok.size >= 2:
-        # the shard's first latent is mixed in so each shard draws its own derangement
-        donor[ok] = ok[derangement(ok.size, np.random.default_rng([seed, int(latent.min())]))]
+    donors = _pooled_donors(source if pool is None else pool, seed)
     rows = []
-    for i, (lat, status, error) in enumerate(source[["latent", "status", "error"]].itertuples(index=False)):
-        row = explanation_row(lat, "random", completion="")
+    for lat, status, error in source[["latent", "status", "error"]].itertuples(index=False):
+        row = explanation_row(lat, "random", completion="") | {"donor_latent": -1}
         if status != "ok":
             row["error"] = f"source explanation {status}" + (f": {error}" if error else "")
-        elif donor[i] < 0:
-            row["error"] = "no other latent of the shard has an ok source explanation"
+        elif int(lat) not in donors:
+            raise ValueError(f"latent {lat} of the shard is missing from the pooled source explanations")
+        elif donors[int(lat)] is None:
+            row["error"] = _NO_DONOR
         else:
-            d = donor[i]
-            row |= dict(
-                explanation=source["explanation"].iat[d], status="ok", completion=f"from latent {latent[d]}"
-            )
+            d, text = donors[int(lat)]
+            row |= dict(explanation=text, status="ok", completion=f"from latent {d}", donor_latent=d)
         rows.append(row)
-    return pd.DataFrame(rows, columns=list(EXPLANATION_COLUMNS)).astype(EXPLANATION_COLUMNS)
+    return pd.DataFrame(rows, columns=list(RANDOM_COLUMNS)).astype(RANDOM_COLUMNS)
 
 
-def run_random(source_explanations_path: str | os.PathLike, cfg: dict, out_path: str | os.PathLike) -> None:
-    """Workflow step: the random-explanation baseline of one shard of a source explainer's explanations."""
-    out = explain_random(read_parquet(source_explanations_path), cfg)
+def run_random(
+    source_explanations_path: str | os.PathLike,
+    pool_paths: list[str | os.PathLike],
+    cfg: dict,
+    out_path: str | os.PathLike,
+) -> None:
+    """Workflow step: the random-explanation baseline of one shard, donors from every shard's file."""
+    pool = pd.concat([read_parquet(p) for p in pool_paths], ignore_index=True)
+    out = explain_random(read_parquet(source_explanations_path), cfg, pool)
     write_parquet(out, out_path)
     log.info(
-        "random: %d latents %s from %s -> %s",
+        "random: %d latents %s from %s (donors from %d shards) -> %s",
         len(out),
         out["status"].value_counts().to_dict(),
         source_explanations_path,
+        len(pool_paths),
         out_path,
     )

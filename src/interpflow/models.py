@@ -7,6 +7,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -99,6 +100,45 @@ def token_strings(tokenizer) -> np.ndarray:
     return np.array(tokenizer.batch_decode([[i] for i in range(n)]), dtype=object)
 
 
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level BPE alphabet (SmolLM2, Qwen, ...): piece character -> the byte it stands for."""
+    printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]  # bytes shown as themselves
+    chars = {b: b for b in printable}
+    for b in range(256):  # the other bytes map to 256, 257, ... in byte order
+        chars.setdefault(b, 256 + len(chars) - len(printable))
+    return {chr(c): b for b, c in chars.items()}
+
+
+_BYTE_LEVEL = _byte_level_alphabet()
+_BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # SentencePiece byte fallback (Gemma, Llama)
+
+
+def piece_bytes(piece: str) -> bytes | None:
+    """The raw bytes a vocabulary piece stands for, if it is a byte-fallback or byte-level BPE piece."""
+    m = _BYTE_FALLBACK.fullmatch(piece)
+    if m:
+        return bytes([int(m.group(1), 16)])
+    if piece and all(c in _BYTE_LEVEL for c in piece):
+        return bytes(_BYTE_LEVEL[c] for c in piece)
+    return None
+
+
+def vocab_table(tokenizer) -> pd.DataFrame:
+    """vocab.parquet: token_id, text (the token decoded alone) and bytes (what it adds to a decoded span).
+
+    A token holding part of a multi-byte character decodes alone to U+FFFD; its bytes come from its
+    vocabulary piece instead, so the sampler can decode a window's tokens as one span. Other tokens keep the
+    bytes of their own text.
+    """
+    texts = token_strings(tokenizer)
+    pieces = tokenizer.convert_ids_to_tokens(list(range(len(texts))))
+    raw = [
+        (piece_bytes(piece) if "\ufffd" in text and piece else None) or text.encode()
+        for text, piece in zip(texts, pieces, strict=True)
+    ]
+    return pd.DataFrame({"token_id": np.arange(len(texts)), "text": texts, "bytes": raw})
+
+
 def prepare_model(cfg: dict, spec_out: str | os.PathLike, vocab_out: str | os.PathLike) -> None:
     """Write model.json (how to load the model) and vocab.parquet; convert a GGUF model beside them."""
 
@@ -116,8 +156,8 @@ def prepare_model(cfg: dict, spec_out: str | os.PathLike, vocab_out: str | os.Pa
             shutil.rmtree(work, ignore_errors=True)
         spec = {"source": "converted", "path": str(out_dir), "gguf_file": None, "from": str(gguf.name)}
     tokenizer = load_tokenizer_from_spec(spec)
-    vocab = token_strings(tokenizer)
-    write_parquet(pd.DataFrame({"token_id": np.arange(len(vocab)), "text": vocab}), vocab_out)
+    vocab = vocab_table(tokenizer)
+    write_parquet(vocab, vocab_out)
     with atomic_path(spec_out) as tmp:
         tmp.write_text(json.dumps(spec, indent=2))
     log.info("model ready: %s (vocab %d)", spec, len(vocab))

@@ -1,5 +1,5 @@
-"""Summaries across subjects and scorers: the per-latent table, aggregates with bootstrap intervals, the
-correlation between scorers, the cost table, figures and an HTML page."""
+"""Summaries across subjects and scorers: the per-latent table, aggregates, paired and unpaired comparisons
+and the correlations between scorers (interpflow.stats), the cost table, figures and an HTML page."""
 
 from __future__ import annotations
 
@@ -9,19 +9,24 @@ import os
 import numpy as np
 import pandas as pd
 
+from .stats import SUBJECT, aggregate, comparisons, correlations
 from .store import atomic_path, read_parquet, write_parquet
 
 log = logging.getLogger(__name__)
 
 KEYS = ["corpus", "model", "hookpoint", "dictionary", "sampler", "explainer", "scorer"]
-SUBJECT = ["corpus", "model", "hookpoint", "dictionary", "sampler", "explainer"]
 USAGE = ["prompt_tokens", "completion_tokens", "cost_usd"]
 
 
 def collect(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Every metrics row joined with its explanation, and one row per explanation (with its own usage)."""
+    """Every metrics row joined with its explanation, and one row per explanation (with its own usage).
+
+    Each record names its wildcard values, `shard`, `subject`, `explainer_kind` (llm, random, top-tokens)
+    and its `metrics` and `explanations` files (rules/common.smk, scored_shards)."""
     frames, explained = [], {}
     for r in records:
+        if "explainer_kind" not in r:
+            raise ValueError(f"summary record for {r.get('metrics')} has no explainer_kind (scored_shards)")
         explanations = read_parquet(r["explanations"])
         subject = tuple(r[k] for k in SUBJECT) + (r["shard"],)
         explained[subject] = explanations.assign(**{k: r[k] for k in SUBJECT})
@@ -30,7 +35,13 @@ def collect(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
         )
         metrics = read_parquet(r["metrics"]).drop(columns=["scorer"], errors="ignore")
         frame = metrics.merge(joined, on="latent", how="left")
-        frames.append(frame.assign(**{k: r[k] for k in KEYS}, subject=r.get("subject", r["dictionary"])))
+        frames.append(
+            frame.assign(
+                **{k: r[k] for k in KEYS},
+                explainer_kind=r["explainer_kind"],
+                subject=r.get("subject", r["dictionary"]),
+            )
+        )
     table = pd.concat(frames, ignore_index=True)
     table = table[KEYS + [c for c in table.columns if c not in KEYS]]
     return table, pd.concat(explained.values(), ignore_index=True)
@@ -39,65 +50,6 @@ def collect(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
 def subject_label(frame: pd.DataFrame) -> pd.Series:
     """A short label per row naming its subject: model/hookpoint/dictionary/explainer."""
     return frame[["model", "hookpoint", "dictionary", "explainer"]].astype(str).agg("/".join, axis=1)
-
-
-def median_ci(values: np.ndarray, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the median (NaN with fewer than 2 values)."""
-    from scipy.stats import bootstrap
-
-    values = np.asarray(values, dtype=np.float64)
-    if len(values) < 2 or np.ptp(values) == 0:
-        m = float(np.median(values)) if len(values) else np.nan
-        return (m, m) if len(values) >= 2 else (np.nan, np.nan)
-    res = bootstrap(
-        (values,),
-        np.median,
-        confidence_level=level,
-        n_resamples=2000,
-        method="percentile",
-        random_state=np.random.default_rng(seed),
-    )
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
-
-
-def aggregate(table: pd.DataFrame, seed: int = 0, by: list[str] | None = None) -> pd.DataFrame:
-    """Per subject (or `by`) and scorer: latents scored and failed, median score with a 95% bootstrap CI."""
-    keys = (SUBJECT if by is None else by) + ["scorer", "kind"]
-    rows = []
-    for key, g in table.groupby(keys, sort=True):
-        ok = g.loc[g["status"] == "ok", "score"].dropna().to_numpy()
-        low, high = median_ci(ok, seed)
-        rows.append(
-            dict(zip(keys, key, strict=True))
-            | dict(
-                latents=len(g),
-                scored=len(ok),
-                failed=int((g["status"] != "ok").sum()),
-                median=float(np.median(ok)) if len(ok) else np.nan,
-                ci_low=low,
-                ci_high=high,
-                q25=float(np.quantile(ok, 0.25)) if len(ok) else np.nan,
-                q75=float(np.quantile(ok, 0.75)) if len(ok) else np.nan,
-                mean=float(ok.mean()) if len(ok) else np.nan,
-            )
-        )
-    return pd.DataFrame(rows)
-
-
-def correlations(table: pd.DataFrame) -> pd.DataFrame:
-    """Spearman correlation of every pair of scorers over the (subject, latent) pairs both scored."""
-    from scipy.stats import spearmanr
-
-    ok = table[table["status"] == "ok"].dropna(subset=["score"])
-    wide = ok.pivot_table(index=SUBJECT + ["latent"], columns="scorer", values="score", aggfunc="first")
-    rows = []
-    for a in wide.columns:
-        for b in wide.columns:
-            x, y = wide[a].to_numpy(), wide[b].to_numpy()
-            both = np.isfinite(x) & np.isfinite(y)
-            rho = spearmanr(x[both], y[both]).statistic if both.sum() >= 3 else np.nan
-            rows.append(dict(scorer_a=a, scorer_b=b, spearman=float(rho), n=int(both.sum())))
-    return pd.DataFrame(rows, columns=["scorer_a", "scorer_b", "spearman", "n"])
 
 
 def costs(table: pd.DataFrame, explanations: pd.DataFrame) -> pd.DataFrame:
@@ -160,21 +112,40 @@ def plot_scores(table: pd.DataFrame, out_path: str | os.PathLike, by: str | None
 
 
 def plot_correlations(corr: pd.DataFrame, out_path: str | os.PathLike) -> None:
-    """Heatmap of the Spearman correlations between scorers."""
+    """Heatmaps of the Spearman correlations between scorers, one panel per subject and explainer."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    matrix = corr.pivot(index="scorer_a", columns="scorer_b", values="spearman")
-    fig, ax = plt.subplots(figsize=(1.2 * len(matrix) + 2.5, 1.0 * len(matrix) + 1.5))
-    image = ax.imshow(matrix.to_numpy(dtype=float), vmin=-1, vmax=1, cmap="RdBu_r")
-    ax.set_xticks(range(len(matrix)), matrix.columns, rotation=30, ha="right")
-    ax.set_yticks(range(len(matrix)), matrix.index)
-    for (i, j), v in np.ndenumerate(matrix.to_numpy(dtype=float)):
-        ax.text(j, i, "" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=8)
-    fig.colorbar(image, ax=ax, label="Spearman")
+    groups = list(corr.groupby(SUBJECT, sort=True))
+    scorers = sorted(set(corr["scorer_a"]) | set(corr["scorer_b"]))
+    cols = max(min(3, len(groups)), 1)
+    rows = max(-(-len(groups) // cols), 1)
+    size = 0.9 * len(scorers) + 3
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
+    for ax, (_, g) in zip(axes.flat, groups, strict=False):
+        heatmap(ax, g, scorers)
+        ax.set_title(f"{subject_label(g.head(1)).iloc[0]}, n<={int(g['n'].max())}", fontsize=8)
+    if not groups:  # one scorer per subject: nothing to correlate, say so rather than draw nothing
+        axes[0, 0].text(0.5, 0.5, "fewer than two scorers per subject", ha="center", va="center")
+    for ax in list(axes.flat)[len(groups) :]:
+        ax.axis("off")
     save_figure(fig, out_path)
+
+
+def heatmap(ax, corr: pd.DataFrame, scorers: list[str]) -> None:
+    """One subject's symmetric Spearman matrix (diagonal 1, unlabelled) with its colour bar."""
+    matrix = pd.DataFrame(np.eye(len(scorers)), index=scorers, columns=scorers)
+    for r in corr.itertuples():
+        matrix.loc[r.scorer_a, r.scorer_b] = matrix.loc[r.scorer_b, r.scorer_a] = r.spearman
+    values = matrix.to_numpy(dtype=float)
+    image = ax.imshow(values, vmin=-1, vmax=1, cmap="RdBu_r")
+    ax.set_xticks(range(len(scorers)), scorers, rotation=30, ha="right", fontsize=7)
+    ax.set_yticks(range(len(scorers)), scorers, fontsize=7)
+    for (i, j), v in np.ndenumerate(values):
+        ax.text(j, i, "" if np.isnan(v) or i == j else f"{v:.2f}", ha="center", va="center", fontsize=7)
+    ax.figure.colorbar(image, ax=ax, label="Spearman", shrink=0.8)
 
 
 def save_figure(fig, out_path: str | os.PathLike) -> None:
@@ -187,10 +158,15 @@ def save_figure(fig, out_path: str | os.PathLike) -> None:
     plt.close(fig)
 
 
+def _number(x: float) -> str:
+    """Three decimals, or three significant digits for small values (p-values) that would show as 0.000."""
+    return f"{x:.2e}" if 0 < abs(x) < 0.001 else f"{x:.3f}"
+
+
 def html_page(sections: dict[str, pd.DataFrame], out_path: str | os.PathLike) -> None:
     """A self-contained HTML page with one table per section."""
     parts = [
-        f"<h2>{title}</h2>" + frame.to_html(index=False, float_format=lambda x: f"{x:.3f}", na_rep="")
+        f"<h2>{title}</h2>" + frame.to_html(index=False, float_format=_number, na_rep="")
         for title, frame in sections.items()
     ]
     head = "<head><meta charset='utf-8'><title>interpflow summary</title></head>"
@@ -198,66 +174,59 @@ def html_page(sections: dict[str, pd.DataFrame], out_path: str | os.PathLike) ->
         tmp.write_text(f"<html>{head}<body>{''.join(parts)}</body></html>", encoding="utf-8")
 
 
+SHOWN = ["model", "hookpoint", "dictionary", "explainer", "scorer", "latent", "explanation", "status"]
+SHOWN += ["n", "n_failed", "score", "auroc"]
+VERSUS = ["model", "hookpoint", "dictionary_a", "scorer", "metric", "explainer_a", "explainer_b", "n_pairs"]
+VERSUS += ["median_a", "median_b", "median_difference", "ci_low", "ci_high", "p_value"]
+
+
+def versus_random(comp: pd.DataFrame) -> pd.DataFrame:
+    """The paired LLM-vs-random rows of the headline score: the paper's first claim, the floor beaten."""
+    mine = comp[(comp["comparison"] == "paired") & (comp["explainer_kind_b"] == "random")]
+    return mine[mine["metric"] == "score"].sort_values(["scorer", "dictionary_a", "explainer_a"])
+
+
 def summarize(
     records: list[dict], outputs: dict[str, str], estimate: str | os.PathLike | None = None
 ) -> pd.DataFrame:
-    """Write every summary output (keys: table, aggregates, subjects, correlations, costs, spent (with an
-    estimate), figure, subjects_figure, heatmap, html)."""
+    """Write every summary output (keys: table, aggregates, subjects, comparisons, correlations, costs, spent
+    (with an estimate), figure, subjects_figure, heatmap, html)."""
     table, explanations = collect(records)
-    agg, corr, cost = aggregate(table), correlations(table), costs(table, explanations)
-    by_subject = aggregate(table, by=["subject"])
-    frames = [
-        ("table", table),
-        ("aggregates", agg),
-        ("subjects", by_subject),
-        ("correlations", corr),
-        ("costs", cost),
-    ]
+    agg, comp, corr = aggregate(table), comparisons(table), correlations(table)
+    cost, by_subject = costs(table, explanations), aggregate(table, by=["subject"])
+    frames = dict(table=table, aggregates=agg, subjects=by_subject, comparisons=comp)
+    frames |= dict(correlations=corr, costs=cost)
     if estimate is not None:  # what the run was expected to cost beside what it spent
         from interpflow.estimate import compare
 
-        frames.append(("spent", compare(read_parquet(estimate), cost)))
-    for name, frame in frames:
+        frames["spent"] = compare(read_parquet(estimate), cost)
+    for name, frame in frames.items():
         write_parquet(frame, outputs[name])
     plot_scores(table, outputs["figure"])
     plot_scores(table, outputs["subjects_figure"], by="subject")
     plot_correlations(corr, outputs["heatmap"])
-    shown = [
-        "model",
-        "hookpoint",
-        "dictionary",
-        "explainer",
-        "scorer",
-        "latent",
-        "explanation",
-        "status",
-        "n",
-        "n_failed",
-        "score",
-        "auroc",
-    ]
-    html_page(
-        {
-            "Scores by kind of subject (median, 95% bootstrap CI)": by_subject,
-            "Scores (median, 95% bootstrap CI)": agg,
-            "Cost": cost,
-            **(
-                {"Estimated before the run, and spent": dict(frames)["spent"]} if estimate is not None else {}
-            ),
-            "Spearman between scorers": corr,
-            "Latents": table[[c for c in shown if c in table.columns]].sort_values(["scorer", "latent"]),
-        },
-        outputs["html"],
-    )
-    for row in agg.itertuples():
-        log.info(
-            "%s %s: %d/%d latents scored, median %.3f [%.3f, %.3f]",
-            row.scorer,
-            row.explainer,
-            row.scored,
-            row.latents,
-            row.median,
-            row.ci_low,
-            row.ci_high,
-        )
+    ci = "median, 95% order-statistic CI (NaN with fewer than 6 latents)"
+    sections = {
+        "LLM explanation vs random explanation, paired over latents (median difference, 95% order-statistic "
+        "CI, Wilcoxon signed-rank p)": versus_random(comp)[VERSUS],
+        f"Scores by kind of subject ({ci})": by_subject,
+        f"Scores, latents selected / ok / skipped / failed, and the random floor ({ci})": agg,
+        "All comparisons (paired: Wilcoxon signed-rank; between dictionaries: Mann-Whitney U)": comp,
+        "Cost": cost,
+        **({"Estimated before the run, and spent": frames["spent"]} if estimate is not None else {}),
+        "Spearman between scorers, per subject and explainer": corr,
+        "Latents": table[[c for c in SHOWN if c in table.columns]].sort_values(["scorer", "latent"]),
+    }
+    html_page(sections, outputs["html"])
+    log_comparisons(versus_random(comp))  # the headline in the log too
     return table
+
+
+def log_comparisons(comp: pd.DataFrame) -> None:
+    """One log line per paired headline comparison against the random floor."""
+    for r in comp.itertuples():
+        log.info(
+            "%s %s vs %s: %d pairs, median %.3f vs %.3f, difference %.3f [%.3f, %.3f], Wilcoxon p %.3g",
+            r.scorer, r.explainer_a, r.explainer_b, r.n_pairs, r.median_a, r.median_b,
+            r.median_difference, r.ci_low, r.ci_high, r.p_value,
+        )  # fmt: skip

@@ -11,7 +11,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -30,7 +30,28 @@ EXAMPLE_COLUMNS = [
 ]  # fmt: skip
 HARD_METHODS = ("none", "cooccurrence", "lexical")
 NEGATIVES = ("random", "hard", "both")
-LATENT_COLUMNS = ["latent", "n_activating_windows", "status", "reason"]
+LATENT_COLUMNS = ["latent", "n_activations", "n_activating_windows", "status", "reason"]
+# Paulo et al. set aside latents with fewer than 200 activations over their 10M tokens (rare or dead ones)
+MIN_ACTIVATIONS = 200
+
+
+class Vocab(NamedTuple):
+    """A model's vocabulary as the sampler reads it from vocab.parquet, indexed by token id."""
+
+    text: np.ndarray
+    """object [n_vocab]; each token's own decoded text."""
+    raw: np.ndarray
+    """object [n_vocab]; the bytes each token adds to a decoded span."""
+    whole: np.ndarray
+    """bool [n_vocab]; the token is whole characters (its text is exact); else part of a multi-byte one."""
+
+    @classmethod
+    def from_texts(cls, text: np.ndarray) -> Vocab:
+        """A vocabulary in which every token is whole characters."""
+        text = np.asarray(text, dtype=object)
+        raw = np.empty(text.size, dtype=object)
+        raw[:] = [str(t).encode() for t in text]
+        return cls(text, raw, np.ones(text.size, bool))
 
 
 def _examples_schema() -> Any:
@@ -91,8 +112,12 @@ def _settings(cfg: dict, ctx_len: int) -> dict[str, int]:
         "n_quantiles": cfg.get("n_quantiles", 10),
         "seed": cfg.get("seed", 0),
     }
-    min_activating = cfg.get("min_activating")  # null in the config means the default
-    s["min_activating"] = s["n_train"] + s["n_test"] if min_activating is None else min_activating
+    if "min_activating" in cfg:
+        raise ValueError(
+            "sampler setting min_activating (activating windows) was replaced by min_activations: the "
+            "number of activations (tokens where the latent is nonzero) a latent needs to be sampled"
+        )
+    s["min_activations"] = cfg.get("min_activations", MIN_ACTIVATIONS)
     for key, value in s.items():
         if not isinstance(value, int) or value < 0:
             raise ValueError(f"sampler setting {key} must be a non-negative integer, got {value!r}")
@@ -288,13 +313,44 @@ def window_incidence(shard_paths: Sequence[str | os.PathLike], example_ctx_len: 
     return sparse.csc_matrix((np.ones(idx.size, bool), idx, np.concatenate(indptr)), shape=shape)
 
 
+def span_strings(pieces: Sequence[bytes]) -> list[str]:
+    """Per-token text of a token span decoded as one UTF-8 string: joined, they are exactly that string.
+
+    A character split over tokens (byte-level BPE, SentencePiece byte fallback) goes whole to the token that
+    completes it and the others get ""; only bytes the span itself cannot decode become U+FFFD (a character
+    cut by the window's edge).
+    """
+    data = b"".join(pieces)
+    lens = np.fromiter(map(len, pieces), np.int64, len(pieces))
+    starts = np.cumsum(lens) - lens  # [n] byte offset of each token
+    buf = np.frombuffer(data + b"\0", np.uint8)  # the end counts as a character start
+    lead = np.flatnonzero((buf & 0xC0) != 0x80)  # bytes that begin a character (not 10xxxxxx)
+    i = np.searchsorted(lead, starts, side="right") - 1
+    back = lead[np.maximum(i, 0)]
+    # a token boundary inside a character moves back to its first byte (UTF-8 characters have <= 4); a
+    # decoder restarts at every such byte, so decoding the pieces apart equals decoding the span
+    cut = np.append(np.where((i >= 0) & (starts - back < 4), back, starts), len(data))
+    return [data[a:b].decode("utf-8", "replace") for a, b in zip(cut[:-1], cut[1:], strict=True)]
+
+
+def window_strings(toks: np.ndarray, vocab: Vocab) -> np.ndarray:
+    """Token strings [m, L] of windows toks [m, L], each window decoded as one span (span_strings).
+
+    Windows of whole-character tokens (nearly all) are a lookup; only the others are decoded.
+    """
+    strs = vocab.text[toks]  # [m, L]
+    for w in np.flatnonzero(~vocab.whole[toks].all(axis=1)):
+        strs[w] = span_strings(vocab.raw[toks[w]])
+    return strs
+
+
 def _example_rows(
     latent: int,
     windows: np.ndarray,
     pos: np.ndarray,
     vals: np.ndarray,
     tokens: np.ndarray,
-    token_strs: np.ndarray,
+    vocab: Vocab,
     L: int,
 ) -> dict[str, Any]:
     """Columns of the example rows for the given window ids (tokens, their text, the latent's acts)."""
@@ -306,7 +362,7 @@ def _example_rows(
     order = np.argsort(windows)
     hit = np.isin(wid, windows)
     acts[order[np.searchsorted(windows[order], wid[hit])], pos[hit] % L] = vals[hit]
-    strs = token_strs[toks]
+    strs = window_strings(toks, vocab)
     return {
         "latent": np.full(windows.size, latent, np.int64),
         "example_id": np.arange(windows.size, dtype=np.int64),
@@ -328,7 +384,7 @@ def _concat(pieces: list) -> np.ndarray | list:
 
 def sample_examples(
     tokens: np.ndarray,
-    token_strs: np.ndarray,
+    vocab: Vocab | np.ndarray,
     shard: LatentShard,
     cfg: dict,
     latents: Sequence[int] | None = None,
@@ -337,7 +393,9 @@ def sample_examples(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Sample train/test example windows per latent (None = the latents cfg['latents'] selects).
 
+    `vocab`: read_vocab's Vocab, or an array of token strings (every token whole characters).
     `incidence` (window_incidence over all shards) is needed by hard_negatives.method cooccurrence.
+    Latents with fewer than cfg['min_activations'] activations are `skipped`, with the reason.
     """
     from tqdm.auto import tqdm
 
@@ -361,20 +419,22 @@ def sample_examples(
     if latents is None:
         latents = select_latents(shard.latent_start, shard.latent_end, cfg)
     tokens_w = tokens.reshape(n_windows, L)  # [n_windows, L]; window = flat token index // L
+    if not isinstance(vocab, Vocab):
+        vocab = Vocab.from_texts(vocab)
     parts, status = [], []
     for latent in tqdm(latents, desc="sample", unit="latent"):
-        pos, vals = shard.latent(int(latent))
-        n_act = _run_starts(pos // L).size
-        if n_act == 0 or n_act < s["min_activating"]:
-            status.append((int(latent), n_act, "skipped", _skip_reason(n_act, s["min_activating"], cfg)))
+        pos, vals = shard.latent(int(latent))  # the shard keeps only nonzeros: pos.size activations
+        n_act, n_win = int(pos.size), int(_run_starts(pos // L).size)
+        if n_act == 0 or n_act < s["min_activations"]:
+            status.append((int(latent), n_act, n_win, "skipped", _skip_reason(n_act, s["min_activations"])))
             continue
         # a generator per (seed, latent): a latent's examples do not depend on which others are sampled
         rng = np.random.default_rng([s["seed"], int(latent)])
         hard_score = _hard_scores(method, int(latent), pos, vals, tokens_w, incidence, top_k)
         windows, cols = _sample_windows(pos, vals, n_windows, s, rng, hard_score, n_hard)
-        rows = _example_rows(int(latent), windows, pos, vals, tokens, token_strs, L)
+        rows = _example_rows(int(latent), windows, pos, vals, tokens, vocab, L)
         parts.append(rows | cols)
-        status.append((int(latent), n_act, "ok", ""))
+        status.append((int(latent), n_act, n_win, "ok", ""))
     # one frame at the end: a DataFrame per latent cost more than sampling the latent
     examples = (
         pd.DataFrame({c: _concat([p[c] for p in parts]) for c in EXAMPLE_COLUMNS})
@@ -382,7 +442,7 @@ def sample_examples(
         else pd.DataFrame(columns=EXAMPLE_COLUMNS)
     )
     table = pd.DataFrame(status, columns=LATENT_COLUMNS)
-    table = table.astype({"latent": np.int64, "n_activating_windows": np.int64})
+    table = table.astype({"latent": np.int64, "n_activations": np.int64, "n_activating_windows": np.int64})
     n_skipped = int((table.status != "ok").sum())
     n_hard_rows = int((examples["negative"] == "hard").sum())
     log.info(
@@ -432,22 +492,38 @@ def select_test_examples(
     return pd.concat(parts)
 
 
-def _skip_reason(n_act: int, need: int, cfg: dict) -> str:
-    """Why a latent with n_act activating windows is set aside."""
+def _skip_reason(n_act: int, need: int) -> str:
+    """Why a latent with n_act activations is set aside."""
     if n_act == 0:
         return "never fires"
-    rule = "min_activating" if "min_activating" in cfg else "n_train + n_test"
-    return f"only {n_act} activating windows; need {need} ({rule})"
+    return f"only {n_act} activations; need {need} (min_activations)"
 
 
-def read_vocab(path: str | os.PathLike) -> np.ndarray:
-    """Token id -> decoded text, as an object array indexed by id (ids absent from the table map to '')."""
+def read_vocab(path: str | os.PathLike) -> Vocab:
+    """The vocabulary table as a Vocab indexed by token id (ids absent from the table map to '')."""
     vocab = read_parquet(path)
     if not {"token_id", "text"} <= set(vocab.columns):
         raise ValueError(f"vocabulary table {path} needs columns token_id, text")
-    out = np.full(int(vocab.token_id.max()) + 1 if len(vocab) else 0, "", dtype=object)
-    out[vocab.token_id.to_numpy()] = vocab.text.to_numpy()
-    return out
+    text = np.full(int(vocab.token_id.max()) + 1 if len(vocab) else 0, "", dtype=object)
+    text[vocab.token_id.to_numpy()] = vocab.text.to_numpy()
+    out = Vocab.from_texts(text)
+    if "bytes" not in vocab.columns:  # written before the column existed
+        log.warning("%s has no `bytes` column: tokens holding part of a character show U+FFFD", path)
+        return out
+    raw = vocab["bytes"].to_numpy()
+    if not all(isinstance(b, bytes) for b in raw):
+        raise ValueError(f"vocabulary table {path}: column `bytes` must hold bytes")
+    out.raw[vocab.token_id.to_numpy()] = raw
+    whole = np.array([_decodes_to(b, t) for b, t in zip(out.raw, text, strict=True)], dtype=bool)
+    return Vocab(text, out.raw, whole)
+
+
+def _decodes_to(raw: bytes, text: str) -> bool:
+    """Whether `raw` is valid UTF-8 that decodes to exactly `text`."""
+    try:
+        return raw.decode("utf-8") == text
+    except UnicodeDecodeError:
+        return False
 
 
 def shard_files(latents_dir: str | os.PathLike) -> list[Path]:
@@ -484,8 +560,8 @@ def run_sampling(
         if "tokens" not in f:
             raise ValueError(f"{tokens_path} lacks dataset `tokens`")
         tokens = f["tokens"][:]
-    token_strs = read_vocab(vocab_path)
-    if tokens.size and tokens.max() >= token_strs.size:
+    vocab = read_vocab(vocab_path)
+    if tokens.size and tokens.max() >= vocab.text.size:
         raise ValueError(f"token id {tokens.max()} in {tokens_path} is missing from vocabulary {vocab_path}")
     shard = read_shard(shard_path)
     incidence = None
@@ -510,7 +586,7 @@ def run_sampling(
         in_range = extra[(extra >= shard.latent_start) & (extra < shard.latent_end)]
         chosen = sorted(set(own) | {int(i) for i in in_range})
         log.info("%d sampled latents + %d cross-layer partners", len(own), len(chosen) - len(own))
-    examples, latents = sample_examples(tokens, token_strs, shard, cfg, chosen, incidence=incidence)
+    examples, latents = sample_examples(tokens, vocab, shard, cfg, chosen, incidence=incidence)
     with atomic_path(examples_out) as tmp:
         examples.to_parquet(tmp, index=False, schema=_examples_schema())
     write_parquet(latents, latents_out)
