@@ -18,7 +18,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 
-.PHONY: setup run test lint bench validity estimate clean
+.PHONY: setup run test lint bench validity estimate clean readme
 
 setup: $(STAMP)
 
@@ -55,6 +55,10 @@ bench: setup
 # The planted-latent benchmark (issue 13): probes of token properties as latents, through the real workflow.
 validity: setup
 	$(PY) benchmarks/validity.py --cores $(CORES)
+
+# The README's measured numbers, from the default run's summary (run `make run` first).
+readme: setup
+	$(PY) -m interpflow.readme results/summary README.md
 
 # What the config would cost (LLM calls, tokens, dollars, forward tokens), before anything runs.
 estimate: setup

@@ -9,7 +9,7 @@ for rule_name, corpus, model, hookpoints in activation_rules():
         input:
             tokens="results/{corpus}/{model}/tokens.h5",
             model="results/models/{model}/model.json",
-            code=code("activations", "models"),
+            code=code_of("../workflow/scripts/cache_activations.py"),
         output:
             [f"results/{{corpus}}/{{model}}/{h}/activations.h5" for h in hookpoints],
         log:

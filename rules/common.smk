@@ -1,6 +1,9 @@
+import ast
+import functools
 import math
 import os
 import re
+from pathlib import Path
 
 from interpflow.config import check_config, layer_below, run_combinations, wants_gpu
 from interpflow.config import layer_pairs as config_layer_pairs
@@ -28,9 +31,40 @@ wildcard_constraints:
     shard=r"\d+",
 
 
-def code(*modules):
-    """The package modules a rule runs, as inputs, so editing one reruns exactly its rules."""
-    return [f"{PKG}/{m}.py" for m in ("__init__", "store", *modules)]
+def module_file(name):
+    """The file of an interpflow module or package (dotted name) under src/, or None for a non-module name."""
+    base = os.path.join("src", *name.split("."))
+    return next((f for f in (f"{base}.py", os.path.join(base, "__init__.py")) if os.path.isfile(f)), None)
+
+
+@functools.cache
+def imported_modules(path, package):
+    """The interpflow modules one file imports anywhere, inside functions too, read with ast (the file never
+    runs). `package`: the dotted package its relative imports start from."""
+    found = set()
+    for node in ast.walk(ast.parse(Path(path).read_text(), filename=path)):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            parts = package.split(".")[: len(package.split(".")) + 1 - node.level] if node.level else []
+            base = ".".join([*parts, *([node.module] if node.module else [])])
+            found.update([base, *(f"{base}.{a.name}" for a in node.names)])  # `from pkg import module`
+    return frozenset(n for n in found if n.split(".")[0] == "interpflow" and module_file(n))
+
+
+def code_of(script):
+    """The package files a rule's script runs (`script` as written in its script: line), as inputs, so editing
+    one reruns exactly its rules: the script's interpflow import closure, derived so it cannot drift."""
+    names, todo = set(), list(imported_modules(os.path.normpath(os.path.join("rules", script)), ""))
+    while todo:
+        name = todo.pop()
+        if name not in names:
+            names.add(name)
+            f = module_file(name)
+            package = name if f.endswith("__init__.py") else name.rpartition(".")[0]
+            todo += [name.rsplit(".", i)[0] for i in range(1, name.count(".") + 1)]  # parent packages run too
+            todo += imported_modules(f, package)
+    return sorted({f"{PKG}/__init__.py", *map(module_file, names)})
 
 
 def slice_of(section, key):
@@ -170,7 +204,8 @@ def subject_kind(dictionary, explainer):
 
 def scored_shards():
     """One record per (run combination, shard): its wildcard values, its subject, the explainer's kind (llm,
-    random, top-tokens: what the summary pairs LLM against baseline by) and its metrics and explanations files."""
+    random, top-tokens: what the summary pairs LLM against baseline by) and its metrics and explanations files.
+    """
     records = []
     for c in run_combinations(config):
         for shard in range(n_shards(c["dictionary"])):
@@ -185,6 +220,15 @@ def scored_shards():
                 )
             )
     return records
+
+
+def explanations_file(w):
+    """The table a `file` explainer reads, its path filled in for this hookpoint and dictionary."""
+    path = config["explainers"][w.explainer].get("path")
+    if not path:
+        raise ValueError(f"explainers.{w.explainer}.path: required for kind 'file'")
+    layer = w.hookpoint.rsplit(".", 1)[1]
+    return path.format(hookpoint=w.hookpoint, layer=layer, dictionary=w.dictionary)
 
 
 def all_targets():

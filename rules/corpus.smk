@@ -1,7 +1,7 @@
 rule tokenize_corpus:
     input:
         model="results/models/{model}/model.json",
-        code=code("corpus", "models"),
+        code=code_of("../workflow/scripts/tokenize_corpus.py"),
     output:
         "results/{corpus}/{model}/tokens.h5",
     log:

@@ -5,7 +5,7 @@ rule match_layers:
         a="results/{corpus}/{model}/{hookpoint_a}/{dictionary}/dictionary/dictionary.json",
         b="results/{corpus}/{model}/{hookpoint_b}/{dictionary}/dictionary/dictionary.json",
         latents=match_latents_dirs,
-        code=code("crosslayer", "dictionaries", "latents"),
+        code=code_of("../workflow/scripts/match_layers.py"),
     output:
         "results/{corpus}/{model}/crosslayer/{dictionary}/{hookpoint_a}__{hookpoint_b}/matches.parquet",
     log:
@@ -26,7 +26,7 @@ rule compare_layer_explanations:
         matches=rules.match_layers.output[0],
         a=lambda w: shard_explanations(w, w.hookpoint_a),
         b=lambda w: shard_explanations(w, w.hookpoint_b),
-        code=code("crosslayer", "embedding"),
+        code=code_of("../workflow/scripts/compare_layer_explanations.py"),
     output:
         "results/{corpus}/{model}/crosslayer/{dictionary}/{hookpoint_a}__{hookpoint_b}/{sampler}/{explainer}/similarity.parquet",
     log:
@@ -46,7 +46,7 @@ rule summarize_crosslayer:
     input:
         similarity=[r["similarity"] for r in layer_pairs()],
         matches=[r["matches"] for r in layer_pairs()],
-        code=code("crosslayer"),
+        code=code_of("../workflow/scripts/summarize_crosslayer.py"),
     output:
         table="results/summary/crosslayer.parquet",
         figure=report(

@@ -3,7 +3,7 @@
 rule train_sae:
     input:
         activations="results/{corpus}/{model}/{hookpoint}/activations.h5",
-        code=code("sae"),
+        code=code_of("../workflow/scripts/train_sae.py"),
     output:
         weights="results/{corpus}/{model}/{hookpoint}/{dictionary}/sae/sae.safetensors",
         cfg="results/{corpus}/{model}/{hookpoint}/{dictionary}/sae/cfg.json",
@@ -27,7 +27,7 @@ rule prepare_dictionary:
     input:
         activations="results/{corpus}/{model}/{hookpoint}/activations.h5",
         source=dictionary_source,
-        code=code("dictionaries", "sae", "activations", "models"),
+        code=code_of("../workflow/scripts/prepare_dictionary.py"),
     output:
         cfg="results/{corpus}/{model}/{hookpoint}/{dictionary}/dictionary/dictionary.json",
         weights="results/{corpus}/{model}/{hookpoint}/{dictionary}/dictionary/dictionary.safetensors",

@@ -3,7 +3,7 @@ rule explain:
         examples="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/examples/shard-{shard}.parquet",
         latents="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/examples/latents-{shard}.parquet",
         gguf=lambda w: llm_gguf(config["explainers"][w.explainer]["llm"]),
-        code=code("explain", "prompts", "llm", "local_llm"),
+        code=code_of("../workflow/scripts/explain.py"),
     output:
         "results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/explanations-{shard}.parquet",
     log:
@@ -27,7 +27,7 @@ rule explain_top_tokens:
     input:
         examples="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/examples/shard-{shard}.parquet",
         latents="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/examples/latents-{shard}.parquet",
-        code=code("baselines", "explain", "prompts"),
+        code=code_of("../workflow/scripts/explain_top_tokens.py"),
     output:
         "results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/explanations-{shard}.parquet",
     log:
@@ -58,7 +58,7 @@ rule explain_random:
                 shard=range(n_shards(w.dictionary)),
             ),
         ),
-        code=code("baselines", "explain", "prompts"),
+        code=code_of("../workflow/scripts/explain_random.py"),
     output:
         "results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/explanations-{shard}.parquet",
     log:
@@ -74,20 +74,11 @@ rule explain_random:
 
 
 # Explanations read from a table on disk (latent, explanation): e.g. the validity benchmark's oracle.
-def explanations_file(w):
-    """The table a `file` explainer reads, its path filled in for this hookpoint and dictionary."""
-    path = config["explainers"][w.explainer].get("path")
-    if not path:
-        raise ValueError(f"explainers.{w.explainer}.path: required for kind 'file'")
-    layer = w.hookpoint.rsplit(".", 1)[1]
-    return path.format(hookpoint=w.hookpoint, layer=layer, dictionary=w.dictionary)
-
-
 rule explain_file:
     input:
         latents="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/examples/latents-{shard}.parquet",
         table=explanations_file,
-        code=code("file_explainer", "explain"),
+        code=code_of("../workflow/scripts/explain_file.py"),
     output:
         "results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/explanations-{shard}.parquet",
     log:

@@ -3,7 +3,7 @@ rule encode_latents:
     input:
         activations="results/{corpus}/{model}/{hookpoint}/activations.h5",
         dictionary="results/{corpus}/{model}/{hookpoint}/{dictionary}/dictionary/dictionary.json",
-        code=code("latents", "dictionaries"),
+        code=code_of("../workflow/scripts/encode_latents.py"),
     output:
         directory("results/{corpus}/{model}/{hookpoint}/{dictionary}/latents"),
     log:

@@ -1,6 +1,6 @@
 rule prepare_model:
     input:
-        code=code("models"),
+        code=code_of("../workflow/scripts/prepare_model.py"),
     output:
         spec="results/models/{model}/model.json",
         vocab="results/models/{model}/vocab.parquet",
@@ -19,7 +19,7 @@ rule prepare_model:
 
 rule assemble_local_llm:
     input:
-        code=code("local_llm"),
+        code=code_of("../workflow/scripts/assemble_local_llm.py"),
     output:
         "results/llm/{name}.gguf",
     log:

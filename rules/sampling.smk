@@ -4,7 +4,7 @@ rule sample_examples:
         vocab="results/models/{model}/vocab.parquet",
         latents="results/{corpus}/{model}/{hookpoint}/{dictionary}/latents",
         matches=partner_matches,
-        code=code("sampling", "latents"),
+        code=code_of("../workflow/scripts/sample_examples.py"),
     output:
         examples="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/examples/shard-{shard}.parquet",
         latents="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/examples/latents-{shard}.parquet",

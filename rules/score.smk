@@ -4,7 +4,7 @@ rule score:
         examples="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/examples/shard-{shard}.parquet",
         explanations="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/explanations-{shard}.parquet",
         gguf=lambda w: llm_gguf(config["scorers"][w.scorer]["llm"]),
-        code=code("scorers", "simulation", "metrics", "prompts", "llm", "local_llm", "sampling"),
+        code=code_of("../workflow/scripts/score.py"),
     output:
         predictions="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/{scorer}/predictions-{shard}.parquet",
         metrics="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/{scorer}/metrics-{shard}.parquet",
@@ -28,7 +28,7 @@ rule score_embedding:
     input:
         examples="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/examples/shard-{shard}.parquet",
         explanations="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/explanations-{shard}.parquet",
-        code=code("embedding", "metrics", "sampling"),
+        code=code_of("../workflow/scripts/score_embedding.py"),
     output:
         predictions="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/{scorer}/predictions-{shard}.parquet",
         metrics="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/{scorer}/metrics-{shard}.parquet",
@@ -52,7 +52,7 @@ rule score_surprisal:
         examples="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/examples/shard-{shard}.parquet",
         explanations="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/explanations-{shard}.parquet",
         scorer_model=scorer_model,
-        code=code("surprisal", "models", "metrics", "sampling"),
+        code=code_of("../workflow/scripts/score_surprisal.py"),
     output:
         predictions="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/{scorer}/predictions-{shard}.parquet",
         metrics="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/{scorer}/metrics-{shard}.parquet",
@@ -73,15 +73,17 @@ rule score_surprisal:
         "../workflow/scripts/score_surprisal.py"
 
 
-# Steer the subject model along the latent's decoder direction and ask whether the explanation predicts the
-# change in what it writes (finds output features that context-based scorers miss).
+# Steer the subject model along the latent's decoder direction, from prompts cut out of the latent's own
+# activating examples, and ask whether the explanation predicts the change in what it writes (App. G; finds
+# output features that context-based scorers miss).
 rule score_intervention:
     input:
+        examples="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/examples/shard-{shard}.parquet",
         explanations="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/explanations-{shard}.parquet",
         dictionary="results/{corpus}/{model}/{hookpoint}/{dictionary}/dictionary/dictionary.json",
         subject="results/models/{model}/model.json",
         scorer_model=scorer_model,
-        code=code("intervention", "dictionaries", "activations", "models", "metrics"),
+        code=code_of("../workflow/scripts/score_intervention.py"),
     output:
         predictions="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/{scorer}/predictions-{shard}.parquet",
         metrics="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/{scorer}/metrics-{shard}.parquet",

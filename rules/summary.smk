@@ -1,7 +1,7 @@
 # What the config will cost, before anything is sent (also: python -m interpflow.estimate <config>).
 rule estimate:
     input:
-        code=code("estimate", "prompts", "explain", "scorers", "simulation", "sampling", "config"),
+        code=code_of("../workflow/scripts/estimate.py"),
     output:
         "results/summary/estimate.parquet",
     log:
@@ -19,7 +19,7 @@ rule summarize:
         metrics=[r["metrics"] for r in scored_shards()],
         explanations=[r["explanations"] for r in scored_shards()],
         estimate=rules.estimate.output[0],
-        code=code("report", "stats", "estimate"),
+        code=code_of("../workflow/scripts/summarize.py"),
     output:
         table="results/summary/latents.parquet",
         aggregates="results/summary/aggregates.parquet",

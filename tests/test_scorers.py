@@ -375,8 +375,8 @@ class SlotJudge:
         for messages, offsets in requests:
             assert offsets == [0] and messages[-1] == {"role": "assistant", "content": ""}
             user = messages[1]["content"]
-            text = user.split("Excerpt: ", 1)[1].split("\n\nExplanation: ", 1)[0]
-            expl = user.split("\n\nExplanation: ", 1)[1].split("\n\n", 1)[0]
+            text = user.split("Text: ", 1)[1].split("\n\nDescription: ", 1)[0]
+            expl = user.split("\n\nDescription: ", 1)[1].split("\n\n", 1)[0]
             p = self.p(text, expl)
             slots = [{"Yes": math.log(p), "No": math.log(1 - p)}]
             out.append(FakeCompletion("Yes" if p >= 0.5 else "No", completion_tokens=0, slot_logprobs=slots))
@@ -389,11 +389,11 @@ def test_slot_question_prompt_hand_written():
     msgs = judge_question_messages("fuzzing", "The word cat.", "the <<cat>> ran")
     assert [m["role"] for m in msgs] == ["system", "user", "assistant"] and msgs[2]["content"] == ""
     assert msgs[1]["content"] == (
-        'Excerpt: the <<cat>> ran\n\nExplanation: "The word cat."\n\n'
-        "Are the marked tokens what the explanation describes? Answer Yes or No."
+        'Text: the <<cat>> ran\n\nDescription: "The word cat."\n\n'
+        "Do the tokens marked <<like this>> fit the description? Answer Yes or No."
     )
-    assert "marked like <<this>>" in msgs[0]["content"]
-    assert judge_question_messages("detection", "x", "y")[0] != msgs[0]
+    assert msgs[0]["content"] == "You answer questions about short texts with Yes or No."
+    assert judge_question_messages("detection", "x", "y")[1] != judge_question_messages("fuzzing", "x", "y")[1]
     with pytest.raises(ValueError, match="unknown scorer kind"):
         judge_question_messages("simulation", "x", "y")
 

@@ -239,13 +239,9 @@ def _local_scorer(kind: str, cfg: dict, examples: pd.DataFrame, model: str) -> d
         texts = (synthetic_explanation(), cfg.get("neutral") or DEFAULT_NEUTRAL)
         per_window = sum(estimate_tokens(template.replace("{description}", t)) + 1 + length for t in texts)
         return dict(engine=engine, forward_tokens=n_win * per_window)
-    from interpflow.intervention import check_cfg  # imports torch: only when an intervention is configured
+    from interpflow.intervention_inputs import estimated_forward_tokens
 
-    c = check_cfg(cfg)
-    seqs = sum(1 + estimate_tokens(p) + c["max_new_tokens"] for p in c["prompts"])  # BOS, prompt, generation
-    scored = seqs + len(c["prompts"]) * (estimate_tokens(c["prompt_template"].format(text="")) + expl)
-    # each calibration step reads every clean sequence; the steered generation once; clean and steered scored
-    tokens = (CALIBRATION_STEPS + 1) * seqs + 2 * scored
+    tokens = estimated_forward_tokens(cfg, length, expl, CALIBRATION_STEPS)
     return dict(
         engine=engine, forward_tokens=tokens, note=f"assumes {CALIBRATION_STEPS} calibration steps (1-24)"
     )

@@ -1,13 +1,20 @@
-"""Intervention scoring (Paulo et al. 2024): does an explanation describe what its latent does to the output?
+"""Intervention scoring (Paulo et al. 2024, App. G): does an explanation describe what its latent does to the
+output?
 
-The latent's decoder direction is added to the residual stream at its hookpoint (every position of prompt and
-generation), with a strength calibrated per latent so that the steered next-token distributions sit a fixed
-KL divergence from the clean ones. A scorer LM then compares log P(explanation | steered generations) with
-log P(explanation | clean generations); a positive gain means the explanation names the latent's effect.
+Per latent, prompts come from its own activating windows (stratified by activation quintile, each cut at its
+first activation; see intervention_prompts). The latent's decoder direction is added to the residual stream at
+its hookpoint at the positions whose next token is sampled (the prompt's last token, then each generated one;
+never BOS, never the rest of the prompt), with a strength binary-searched so that the steered next-token
+distributions sit a target KL from the clean ones. Several sampled continuations of a few tokens are drawn
+with and without steering (the same seeds). A scorer LM, prompted few-shot, reads each prompt's
+continuations; the score is the mean gain in log P(explanation) from clean to steered continuations.
+Two controls give the score a floor: a random direction of the same norm calibrated to the same KL
+(score_random_direction), and another latent's explanation (score_shuffled).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -21,41 +28,66 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from interpflow.activations import add_at, hidden_states, parse_hookpoint
+from interpflow.activations import hidden_states, parse_hookpoint, site_module
+from interpflow.intervention_inputs import (
+    Prompt,
+    check_cfg,
+    check_examples,
+    few_shot_prefix,
+    latent_prompts,
+    shuffled_donors,
+)
 from interpflow.metrics import NO_USAGE, metric_columns
 from interpflow.store import read_parquet, write_parquet
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = {
-    # 1 nat per token (delphi's default too): greedy continuations visibly change yet mostly stay text.
-    "target_kl": 1.0,
-    "kl_tolerance": 0.1,  # relative: |kl - target| <= tol * target counts as calibrated
-    "prompts": ["The", "I think that", "In the", "It was", "This is"],
-    "n_prompts": None,  # None: all prompts; else the first n
-    "max_new_tokens": 16,
-    "max_alpha": 8.0,  # in mean residual norms; far beyond the strengths that keep text readable
-    "temperature": 0.0,  # 0: greedy; > 0: sampled, clean and steered from the same seeded generator
-    "seed": 0,
-    "prompt_template": "Text: {text}\nThe text above is about:",  # the explanation follows after a space
-}
 _F, _I, _O = "float64", "int64", "object"
 PREDICTION_COLUMNS = (
     dict.fromkeys(["latent", "prompt_index"], _I)
     | dict.fromkeys(["prompt", "clean", "steered"], _O)
     | dict.fromkeys(["logp_clean", "logp_steered", "alpha", "kl"], _F)
     | {"status": _O, "error": _O}
+    | dict.fromkeys(["example_id", "quintile"], _I)
+    | {"random_steered": _O, "logp_random": _F, "alpha_random": _F, "kl_random": _F, "shuffled_from": _I}
+    | dict.fromkeys(["logp_shuffled_clean", "logp_shuffled_steered"], _F)
 )
-METRIC_COLUMNS = metric_columns("alpha", "kl", "resid_norm")
+METRIC_COLUMNS = metric_columns(
+    "alpha", "kl", "resid_norm", "score_random_direction", "score_shuffled", "alpha_random", "kl_random"
+)
 
 
-def steer(model: torch.nn.Module, hookpoint: str, vector: torch.Tensor):
-    """While active, add `vector` to the activations at `hookpoint` at every position."""
-    return add_at(model, hookpoint, vector)
+@contextlib.contextmanager
+def steer(model: torch.nn.Module, hookpoint: str, vector: torch.Tensor, mask: torch.Tensor | None = None):
+    """While active, add `vector` (d,) to the hookpoint's activations: at every position of each forward
+    call, or where `mask` (B, T) is 1 (a full forward of padded sequences)."""
+    module, where = site_module(model, hookpoint)
+
+    def shift(x):
+        h = x[0] if isinstance(x, tuple) else x  # (B, T, d)
+        add = vector.to(h.dtype) if mask is None else mask[..., None].to(h.dtype) * vector.to(h.dtype)
+        return (h + add, *x[1:]) if isinstance(x, tuple) else h + add
+
+    if where == "input":
+        handle = module.register_forward_pre_hook(lambda _m, args: shift(args))
+    else:
+        handle = module.register_forward_hook(lambda _m, _args, out: shift(out))
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
-def _device(model: torch.nn.Module) -> torch.device:
+def device_of(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+def bos_of(tokenizer) -> int:
+    """Sequence start as in the token corpus: BOS, else EOS."""
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if bos is None:
+        raise ValueError("tokenizer has neither a BOS nor an EOS token")
+    return bos
 
 
 def _padded(model: torch.nn.Module, seqs: list[list[int]]) -> torch.Tensor:
@@ -63,7 +95,7 @@ def _padded(model: torch.nn.Module, seqs: list[list[int]]) -> torch.Tensor:
     ids = torch.zeros(len(seqs), max(map(len, seqs)), dtype=torch.long)
     for i, s in enumerate(seqs):
         ids[i, : len(s)] = torch.tensor(s)
-    return ids.to(_device(model))
+    return ids.to(device_of(model))
 
 
 @torch.inference_mode()
@@ -75,25 +107,36 @@ def next_logprobs(
     return torch.cat([logits[i, a:b] for i, (a, b) in enumerate(spans)]).float().log_softmax(-1)
 
 
+def span_mask(model: torch.nn.Module, seqs: list[list[int]], spans: list[tuple[int, int]]) -> torch.Tensor:
+    """(B, T) float mask, 1 at each sequence's positions [a, b): where generation steers."""
+    mask = torch.zeros(len(seqs), max(map(len, seqs)))
+    for i, (a, b) in enumerate(spans):
+        mask[i, a:b] = 1
+    return mask.to(device_of(model))
+
+
 @torch.inference_mode()
-def generate(
-    model: torch.nn.Module, ids: list[int], n: int, *, temperature: float = 0.0, seed: int = 0, stop=None
-) -> list[int]:
-    """Up to n new tokens after `ids`, greedy or sampled (seeded), with a KV cache; ends after `stop`."""
-    gen = torch.Generator().manual_seed(seed)
-    x, past, out = torch.tensor([ids], device=_device(model)), None, []  # x: (1, T)
-    for _ in range(n):
-        o = model(input_ids=x, past_key_values=past, use_cache=True)
-        past, logits = o.past_key_values, o.logits[0, -1].float().cpu()  # logits: (V,)
-        if temperature > 0:
-            tok = int(torch.multinomial((logits / temperature).softmax(-1), 1, generator=gen))
+def continuations(
+    model, prompt: list[int], c: dict, seed: int, steering: tuple[str, torch.Tensor] | None = None, stop=None
+) -> list[list[int]]:
+    """c['n_samples'] continuations of c['max_new_tokens'] tokens (each cut after `stop`), sampled from one
+    seeded generator. With steering = (hookpoint, vector), the vector is added only at the positions whose
+    next token is sampled: BOS and the prompt before its last token are read clean (one prefill)."""
+    dev, n = device_of(model), c["n_samples"]
+    past = model(input_ids=torch.tensor([prompt[:-1]] * n, device=dev), use_cache=True).past_key_values
+    x, gen, out = torch.tensor([[prompt[-1]]] * n, device=dev), torch.Generator().manual_seed(seed), []
+    for _ in range(c["max_new_tokens"]):
+        with steer(model, *steering) if steering else contextlib.nullcontext():
+            o = model(input_ids=x, past_key_values=past, use_cache=True)  # x: (S, 1)
+        past, logits = o.past_key_values, o.logits[:, -1].float().cpu()  # logits: (S, V)
+        if c["temperature"] > 0:
+            tok = torch.multinomial((logits / c["temperature"]).softmax(-1), 1, generator=gen)[:, 0]
         else:
-            tok = int(logits.argmax())
+            tok = logits.argmax(-1)
         out.append(tok)
-        if tok == stop:
-            break
-        x = torch.tensor([[tok]], device=x.device)
-    return out
+        x = tok[:, None].to(dev)
+    rows = torch.stack(out, 1).tolist()  # (S, max_new_tokens)
+    return [r[: r.index(stop) + 1] if stop in r else r for r in rows]
 
 
 def calibrate(
@@ -120,18 +163,12 @@ def calibrate(
     return best, seen[best], False
 
 
-def _bos(tokenizer) -> int:
-    """Sequence start as in the token corpus: BOS, else EOS."""
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    if bos is None:
-        raise ValueError("tokenizer has neither a BOS nor an EOS token")
-    return bos
-
-
-def explanation_logprobs(model, tokenizer, texts: list[str], explanation: str, template: str) -> np.ndarray:
-    """Per text, mean log P(explanation token | template(text), earlier ones) in nats: (len(texts),)."""
+def explanation_logprobs(
+    model, tokenizer, texts: list[str], explanation: str, template: str, prefix: str = ""
+) -> np.ndarray:
+    """Per text, mean log P(explanation token | prefix + template(text), earlier ones), nats: (len(texts),)."""
     ctxs = [
-        [_bos(tokenizer), *tokenizer(template.format(text=t), add_special_tokens=False).input_ids]
+        [bos_of(tokenizer), *tokenizer(prefix + template.format(text=t), add_special_tokens=False).input_ids]
         for t in texts
     ]
     expl = tokenizer(" " + explanation.strip(), add_special_tokens=False).input_ids
@@ -142,161 +179,190 @@ def explanation_logprobs(model, tokenizer, texts: list[str], explanation: str, t
     return logp.gather(1, target[:, None]).view(len(texts), len(expl)).mean(1).double().cpu().numpy()
 
 
-class Setup(NamedTuple):
-    """The subject model at its hookpoint with its clean generations: what every latent is compared to."""
+class Clean(NamedTuple):
+    """One latent's prompts with their clean continuations: what its steered runs are compared to."""
 
     model: torch.nn.Module
     tokenizer: object
     hookpoint: str  # where the latent's decoder direction is added
     c: dict  # checked scorer options
-    prompt_ids: list[list[int]]  # BOS + prompt tokens, per prompt
-    texts: list[str]  # prompt + clean continuation, decoded
-    seqs: list[list[int]]  # BOS + prompt + clean continuation tokens
-    spans: list[tuple[int, int]]  # positions whose next token is generated: where steering shapes the text
-    logp: torch.Tensor  # (N, V) clean next-token log-probs at those positions
-    width: int  # activation dims at the hookpoint
+    prompts: list[Prompt]
+    seeds: list[int]  # per prompt: its clean and steered continuations are sampled with this seed
+    gens: list[list[list[int]]]  # per prompt, its n_samples clean continuations
+    seqs: list[list[int]]  # per continuation: prompt ids + continuation
+    spans: list[tuple[int, int]]  # positions whose next token is sampled: the only ones steered
+    mask: torch.Tensor  # (B, T) 1 on the spans
+    logp: torch.Tensor  # (N, V) clean next-token log-probs on the spans
     resid_norm: float  # mean activation norm at the hookpoint over non-BOS tokens of seqs: the unit of alpha
+    width: int  # activation dims at the hookpoint
 
 
-def _continue(model, tokenizer, prompt_ids: list[list[int]], c: dict) -> list[list[int]]:
-    """Each prompt's continuation; prompt i samples with the same seed in clean and steered runs."""
-    seeds = [int(np.random.SeedSequence([c["seed"], i]).generate_state(1)[0]) for i in range(len(prompt_ids))]
-    return [
-        generate(
-            model, p, c["max_new_tokens"], temperature=c["temperature"], seed=s, stop=tokenizer.eos_token_id
-        )
-        for p, s in zip(prompt_ids, seeds, strict=True)
-    ]
-
-
-def _decode(tokenizer, prompt_ids: list[list[int]], gen_ids: list[list[int]]) -> list[str]:
-    return [
-        tokenizer.decode(p[1:] + g, skip_special_tokens=True)
-        for p, g in zip(prompt_ids, gen_ids, strict=True)
-    ]
-
-
-def setup(model: torch.nn.Module, tokenizer, hookpoint: str, cfg: dict) -> Setup:
-    """Generate clean continuations and measure their next-token log-probs and residual norm."""
-    c = check_cfg(cfg)
-    prompt_ids = [[_bos(tokenizer), *tokenizer(p, add_special_tokens=False).input_ids] for p in c["prompts"]]
-    gen_ids = _continue(model, tokenizer, prompt_ids, c)
-    seqs = [p + g for p, g in zip(prompt_ids, gen_ids, strict=True)]
-    spans = [(len(p) - 1, len(p) - 1 + len(g)) for p, g in zip(prompt_ids, gen_ids, strict=True)]
+def clean_run(model, tokenizer, hookpoint: str, prompts: list[Prompt], c: dict, latent: int) -> Clean:
+    """Sample the clean continuations of a latent's prompts; their next-token log-probs and residual norm."""
+    seeds = [int(np.random.SeedSequence([c["seed"], latent, i]).generate_state(1)[0]) for i in range(len(prompts))]
+    gens = [continuations(model, p.ids, c, s, stop=tokenizer.eos_token_id) for p, s in zip(prompts, seeds, strict=True)]
+    seqs = [p.ids + g for p, gs in zip(prompts, gens, strict=True) for g in gs]
+    spans = [(len(p.ids) - 1, len(p.ids) - 1 + len(g)) for p, gs in zip(prompts, gens, strict=True) for g in gs]
     h = hidden_states(model, _padded(model, seqs), [hookpoint])[hookpoint]  # (B, T, d)
     # BOS is left out: its residual is often an outlier (attention sink) far from the typical norm
     norm = torch.cat([h[i, 1 : len(s)].float().norm(dim=-1) for i, s in enumerate(seqs)]).mean()
-    logp, texts = next_logprobs(model, seqs, spans), _decode(tokenizer, prompt_ids, gen_ids)
-    return Setup(
-        model, tokenizer, hookpoint, c, prompt_ids, texts, seqs, spans, logp, h.shape[-1], float(norm)
+    logp, mask = next_logprobs(model, seqs, spans), span_mask(model, seqs, spans)
+    return Clean(
+        model, tokenizer, hookpoint, c, prompts, seeds, gens, seqs, spans, mask, logp, float(norm), h.shape[-1]
     )
 
 
-def mean_kl(s: Setup, vector: torch.Tensor) -> float:
-    """Mean over the clean continuations' positions of KL(clean || steered by `vector`), nats."""
-    with steer(s.model, s.hookpoint, vector):
+def mean_kl(s: Clean, vector: torch.Tensor) -> float:
+    """Mean over the clean continuations' sampled positions of KL(clean || steered by `vector` there), nats."""
+    with steer(s.model, s.hookpoint, vector, s.mask):
         logp = next_logprobs(s.model, s.seqs, s.spans)  # (N, V)
     return float(F.kl_div(logp, s.logp, log_target=True, reduction="sum")) / len(logp)
 
 
-def score_latent(
-    s: Setup, direction: torch.Tensor, explanation: str, scorer: tuple | None = None
-) -> pd.DataFrame:
-    """Calibrate the strength, generate steered text, score the explanation: one row per prompt."""
-    c, n = s.c, len(s.texts)
-    vec = s.resid_norm * direction / direction.norm()  # (d_model,): alpha 1 = one typical residual norm
+def _calibrated(s: Clean, direction: torch.Tensor) -> tuple[torch.Tensor, float, float, bool]:
+    """(steering vector, alpha, kl, calibrated) for a direction; alpha 1 = one typical residual norm."""
+    c, vec = s.c, s.resid_norm * direction / direction.norm()  # (d,)
     alpha, kl, ok = calibrate(
         lambda a: mean_kl(s, a * vec), c["target_kl"], c["max_alpha"], tol=c["kl_tolerance"]
     )
+    return alpha * vec, alpha, kl, ok
+
+
+def _texts(s: Clean, gens: list[list[list[int]]]) -> list[str]:
+    """Per prompt, what the scorer reads: its continuations decoded, one per line (newlines inside one
+    become spaces, so the lines stay the samples)."""
+    dec = s.tokenizer.decode
+    return ["\n".join(" ".join(dec(g, skip_special_tokens=True).split()) for g in gs) for gs in gens]
+
+
+def _steered_texts(s: Clean, vector: torch.Tensor) -> list[str]:
+    stop = s.tokenizer.eos_token_id
+    gens = [
+        continuations(s.model, p.ids, s.c, seed, (s.hookpoint, vector), stop)
+        for p, seed in zip(s.prompts, s.seeds, strict=True)
+    ]
+    return _texts(s, gens)
+
+
+def _random_direction(d: int, seed: int, latent: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, latent, 1]).generate_state(1)[0]))
+    return torch.randn(d, generator=gen)  # (d,)
+
+
+def score_latent(
+    s: Clean, latent: int, direction: torch.Tensor, explanation: str, shuffled: tuple[int, str] | None,
+    scorer: tuple | None = None,
+) -> pd.DataFrame:  # fmt: skip
+    """Calibrate, generate steered text (and the random-direction control), score the explanation and the
+    shuffled one: one row per prompt."""
+    c, n = s.c, len(s.prompts)
+    clean = _texts(s, s.gens)
     rows = pd.DataFrame(
-        {"prompt_index": np.arange(n), "prompt": c["prompts"], "clean": s.texts, "alpha": alpha, "kl": kl}
-    )
+        {
+            "prompt_index": np.arange(n), "prompt": [p.text for p in s.prompts], "clean": clean,
+            "example_id": [p.example_id for p in s.prompts], "quintile": [p.quintile for p in s.prompts],
+            "shuffled_from": shuffled[0] if shuffled else -1,
+        }
+    )  # fmt: skip
+    vec, alpha, kl, ok = _calibrated(s, direction.to(s.logp.device))
     if not ok:
         error = f"mean KL {kl:.3g} at alpha {alpha:.3g} (max_alpha {c['max_alpha']}), target {c['target_kl']}"
-        return rows.assign(
-            steered=None, logp_clean=np.nan, logp_steered=np.nan, status="calibration_failed", error=error
-        )
-    with steer(s.model, s.hookpoint, alpha * vec):
-        steered = _decode(s.tokenizer, s.prompt_ids, _continue(s.model, s.tokenizer, s.prompt_ids, c))
-    lp = explanation_logprobs(
-        *(scorer or (s.model, s.tokenizer)), s.texts + steered, explanation, c["prompt_template"]
-    )
-    return rows.assign(steered=steered, logp_clean=lp[:n], logp_steered=lp[n:], status="ok", error="")
+        return rows.assign(alpha=alpha, kl=kl, status="calibration_failed", error=error)
+    # the control: a random direction of the same norm, calibrated to the same KL on the same prompts
+    rvec, ralpha, rkl, rok = _calibrated(s, _random_direction(len(direction), c["seed"], latent).to(vec))
+    rows = rows.assign(alpha=alpha, kl=kl, alpha_random=ralpha, kl_random=rkl)
+    steered = _steered_texts(s, vec)
+    rand = _steered_texts(s, rvec) if rok else [None] * n
+    judge, judge_tok = scorer or (s.model, s.tokenizer)
+    prefix = few_shot_prefix(c["prompt_template"], c["n_shots"])
+
+    def logp(texts: list[str], expl: str) -> np.ndarray:
+        return explanation_logprobs(judge, judge_tok, texts, expl, c["prompt_template"], prefix)
+
+    lp = logp(clean + steered + [t for t in rand if t is not None], explanation)
+    rows = rows.assign(
+        steered=steered, random_steered=rand, logp_clean=lp[:n], logp_steered=lp[n : 2 * n],
+        logp_random=lp[2 * n :] if rok else np.nan, status="ok", error="",
+    )  # fmt: skip
+    if shuffled:
+        sh = logp(clean + steered, shuffled[1])
+        rows = rows.assign(logp_shuffled_clean=sh[:n], logp_shuffled_steered=sh[n:])
+    return rows
 
 
-def check_cfg(cfg: dict) -> dict:
-    """Scorer options with defaults filled in and prompts cut to n_prompts; a ValueError names a bad key."""
-    c = DEFAULTS | {k: v for k, v in cfg.items() if v is not None}
-    prompts = c["prompts"]
-    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) and p for p in prompts):
-        raise ValueError(f"intervention option prompts must be a non-empty list of strings, got {prompts!r}")
-    n = len(prompts) if c["n_prompts"] is None else int(c["n_prompts"])
-    if n < 1:
-        raise ValueError(f"intervention option n_prompts must be >= 1, got {n}")
-    n = min(n, len(prompts))  # a cap: the schema's default may exceed a short custom list
-    for key in ("target_kl", "max_alpha", "max_new_tokens"):
-        if not c[key] > 0:
-            raise ValueError(f"intervention option {key} must be > 0, got {c[key]!r}")
-    if not 0 < c["kl_tolerance"] < 1 or c["temperature"] < 0:
-        raise ValueError("intervention options need 0 < kl_tolerance < 1 and temperature >= 0")
-    if "{text}" not in c["prompt_template"]:
-        raise ValueError(
-            f"intervention option prompt_template must contain '{{text}}': {c['prompt_template']!r}"
-        )
-    return c | {"prompts": prompts[:n], "n_prompts": n}
+def _mean_gain(rows: pd.DataFrame, a: str, b: str) -> float:
+    if a not in rows or b not in rows:  # a control that did not run
+        return np.nan
+    gain = (rows[b] - rows[a])[rows["status"] == "ok"].dropna()
+    return float(gain.mean()) if len(gain) else np.nan
 
 
-def _metrics_row(lat: int, rows: pd.DataFrame | None, status: str) -> dict:
+def _metrics_row(lat: int, rows: pd.DataFrame | None, status: str, resid_norm: float) -> dict:
     """One latent's metrics; score = mean over prompts of the per-token log-likelihood gain (nats)."""
     if rows is None:
         return {"latent": lat, "status": status, "n": 0, "n_failed": 0}
     ok = rows["status"] == "ok"
-    gain = (rows["logp_steered"] - rows["logp_clean"])[ok]
-    status = "ok" if ok.any() else str(rows["status"].iloc[0])
-    score = float(gain.mean()) if ok.any() else np.nan
-    out = {"latent": lat, "status": status, "n": int(ok.sum()), "n_failed": int((~ok).sum()), "score": score}
-    return out | {"alpha": rows["alpha"].iloc[0], "kl": rows["kl"].iloc[0]}
+    first = rows.iloc[0]
+    out = {"latent": lat, "status": "ok" if ok.any() else str(first["status"]), "n": int(ok.sum())}
+    out |= {"n_failed": int((~ok).sum()), "resid_norm": resid_norm}
+    out |= {k: first.get(k, np.nan) for k in ("alpha", "kl", "alpha_random", "kl_random")}
+    return out | {
+        "score": _mean_gain(rows, "logp_clean", "logp_steered"),
+        "score_random_direction": _mean_gain(rows, "logp_clean", "logp_random"),
+        "score_shuffled": _mean_gain(rows, "logp_shuffled_clean", "logp_shuffled_steered"),
+    }
+
+
+def _ok_explanations(explanations: pd.DataFrame) -> dict[int, str]:
+    ok = explanations["status"] == "ok"
+    ok &= explanations["explanation"].map(lambda e: isinstance(e, str) and bool(e.strip()))
+    return dict(zip(explanations.loc[ok, "latent"].astype(int), explanations.loc[ok, "explanation"]))
 
 
 def score_latents(
-    model,
-    tokenizer,
-    directions: torch.Tensor,
-    hookpoint: str,
-    explanations: pd.DataFrame,
-    cfg: dict,
-    scorer: tuple | None = None,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Steer along each explained latent's decoder direction [width, d]; (predictions, metrics)."""
+    model, tokenizer, directions: torch.Tensor, hookpoint: str, explanations: pd.DataFrame,
+    examples: pd.DataFrame, cfg: dict, scorer: tuple | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
+    """Steer along each explained latent's decoder direction [width, d] from its own activating windows
+    (examples table); (predictions, metrics)."""
     from tqdm.auto import tqdm
 
-    check_cfg(cfg)
+    c = check_cfg(cfg)
     lats = explanations["latent"].to_numpy(dtype=np.int64)
     if len(lats) and not (lats.min() >= 0 and lats.max() < len(directions)):
         raise ValueError(f"explanations name latents outside the dictionary's 0..{len(directions) - 1}")
-    s = setup(model, tokenizer, hookpoint, cfg) if (explanations["status"] == "ok").any() else None
-    if s is not None and directions.shape[1] != s.width:
-        raise ValueError(f"decoder directions have {directions.shape[1]} dims, {hookpoint} has {s.width}")
-    frames, mrows = [], []
-    recs = explanations[["latent", "explanation", "status"]].itertuples(index=False)
-    for lat, expl, status in tqdm(recs, total=len(explanations), desc="intervention", unit="latent"):
-        rows, why = None, f"no_explanation: {status}"
-        if status == "ok" and not (isinstance(expl, str) and expl.strip()):
-            why = "no_explanation: empty"
-        elif status == "ok":
-            rows = score_latent(
-                s, directions[int(lat)].detach().to(_device(model), torch.float32), expl, scorer
-            )
-            frames.append(rows.assign(latent=int(lat)))
-        mrows.append(_metrics_row(int(lat), rows, why))
-    preds = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*PREDICTION_COLUMNS])
+    ok, by_latent = _ok_explanations(explanations), dict(list(examples.groupby("latent")))
+    donors = shuffled_donors(np.fromiter(ok, np.int64), c["seed"])
+    frames, mrows, bos = [], [], bos_of(tokenizer)
+    recs = explanations[["latent", "status"]].itertuples(index=False)
+    cap = np.inf if cfg.get("max_latents") is None else int(cfg["max_latents"])
+    for lat, status in tqdm(recs, total=len(explanations), desc="intervention", unit="latent"):
+        lat, rows, norm = int(lat), None, np.nan
+        why = f"no_explanation: {status}" if status != "ok" else "no_explanation: empty"
+        if lat in ok and len(frames) >= cap:  # the expensive scorer on a sample: the first max_latents
+            why = "not_sampled"
+        elif lat in ok:
+            rng = np.random.default_rng(np.random.SeedSequence([c["seed"], lat]))
+            mine = by_latent.get(lat, examples.iloc[:0])
+            prompts = latent_prompts(mine, c["n_prompts"], c["prompt_split"], bos, tokenizer, rng)
+            why = "no_test_examples"
+        if lat in ok and why == "no_test_examples" and prompts:
+            s = clean_run(model, tokenizer, hookpoint, prompts, c, lat)
+            if directions.shape[1] != s.width:
+                raise ValueError(f"decoder directions have {directions.shape[1]} dims, {hookpoint} has {s.width}")
+            donor = (donors[lat], ok[donors[lat]]) if lat in donors else None
+            d = directions[lat].detach().to(device_of(model), torch.float32)
+            rows, norm = score_latent(s, lat, d, ok[lat], donor, scorer), s.resid_norm
+            frames.append(rows.assign(latent=lat))
+        mrows.append(_metrics_row(lat, rows, why, norm))
+    empty = pd.DataFrame(columns=[*PREDICTION_COLUMNS])
+    preds = pd.concat(frames, ignore_index=True).reindex(columns=[*PREDICTION_COLUMNS]) if frames else empty
     name = str(cfg.get("name") or cfg.get("kind") or "intervention")
     # prompt_tokens etc. stay 0: the scorer is a local model outside the LLM client
     metrics = pd.DataFrame(mrows).reindex(columns=[*METRIC_COLUMNS])
-    metrics = metrics.assign(
-        scorer=name, kind="intervention", resid_norm=s.resid_norm if s else np.nan, **NO_USAGE
-    )
-    return preds[[*PREDICTION_COLUMNS]].astype(PREDICTION_COLUMNS), metrics.astype(METRIC_COLUMNS)
+    metrics = metrics.assign(scorer=name, kind="intervention", **NO_USAGE)
+    preds = preds.fillna({"shuffled_from": -1})
+    return preds.astype(PREDICTION_COLUMNS), metrics.astype(METRIC_COLUMNS)
 
 
 def run_intervention(
@@ -305,6 +371,7 @@ def run_intervention(
     model_cfg: dict,
     hookpoint: str,
     explanations_path: str | os.PathLike,
+    examples_path: str | os.PathLike,
     cfg: dict,
     predictions_out: str | os.PathLike,
     metrics_out: str | os.PathLike,
@@ -319,10 +386,11 @@ def run_intervention(
 
     t0 = time.perf_counter()
     check_cfg(cfg)
-    explanations = read_parquet(explanations_path)
+    explanations, examples = read_parquet(explanations_path), read_parquet(examples_path)
     missing = {"latent", "explanation", "status"} - set(explanations.columns)
     if missing:
         raise ValueError(f"{explanations_path} lacks columns {sorted(missing)}")
+    check_examples(examples, examples_path)
     if model is None:
         model, tokenizer = load_model(model_spec, model_cfg)
     dictionary = SparseDictionary.load(dictionary_dir)
@@ -333,16 +401,12 @@ def run_intervention(
     scorer = None if same else load_model(scorer_spec, model_cfg)  # None: the subject reads its own text
     directions = dictionary.decoder_directions().float()
     predictions, metrics = score_latents(
-        model, tokenizer, directions, out_hookpoint, explanations, cfg, scorer
+        model, tokenizer, directions, out_hookpoint, explanations, examples, cfg, scorer
     )
     write_parquet(predictions, predictions_out)
     write_parquet(metrics, metrics_out)
     counts = metrics["status"].value_counts().to_dict()
     log.info(
-        "intervention: %d latents %s, %d generations at %s; %.1f s",
-        len(metrics),
-        counts,
-        len(predictions),
-        out_hookpoint,
-        time.perf_counter() - t0,
-    )
+        "intervention: %d latents %s, %d prompts at %s; %.1f s",
+        len(metrics), counts, len(predictions), out_hookpoint, time.perf_counter() - t0,
+    )  # fmt: skip

@@ -42,10 +42,10 @@ First reason briefly, in a few lines, about what the marked tokens share. Then e
 line of this form:
 Explanation: <your sentence>"""
 
-_JUDGE_INTRO = """\
+_JUDGE_HEAD = """\
 You check explanations of latents of a language model. A latent is an internal feature that becomes \
-active on certain tokens of a text."""
-_JUDGE_HEAD = f"{_JUDGE_INTRO} You get one explanation of what a latent detects, followed by numbered text excerpts."
+active on certain tokens of a text. You get one explanation of what a latent detects, followed by \
+numbered text excerpts."""
 
 _JUDGE_TASK = {
     "detection": """\
@@ -207,30 +207,26 @@ def judge_user(explanation: str, texts: Sequence[str]) -> str:
     )
 
 
-# One excerpt, one question, answered by the next token (Yes or No), read from the prompt's logprobs. The
-# excerpt comes before the explanation and the question last: the local 1.5B judge then reads the excerpt
-# against the explanation (measured on planted latents: median AUROC 0.69 against 0.52 with the list prompt).
-_QUESTION_TASK = {
-    "detection": "Answer Yes if the excerpt contains what the explanation describes, so that the latent "
-    "would be active somewhere in it, and No if it does not.",
-    "fuzzing": "Some tokens of the excerpt are marked like <<this>>. Answer Yes if the marked tokens are "
-    "what the explanation describes, and No if they are not.",
-}
+# One excerpt, one question, answered by the next token (Yes or No), read from the prompt's logprobs. Plain
+# words, the text before the description and the question last: measured on planted token-property latents
+# (4 properties, 6 + 6 windows each), the local 1.5B judge's median AUROC under the property's own
+# description was 0.69 (0.44 under another property's) with this prompt, 0.55 with one that spoke of
+# latents and activations.
 _QUESTION = {
-    "detection": "Does the excerpt contain what the explanation describes? Answer Yes or No.",
-    "fuzzing": "Are the marked tokens what the explanation describes? Answer Yes or No.",
+    "detection": "Does the text contain something that fits the description? Answer Yes or No.",
+    "fuzzing": "Do the tokens marked <<like this>> fit the description? Answer Yes or No.",
 }
+_QUESTION_SYSTEM = "You answer questions about short texts with Yes or No."
 ANSWERS = ("Yes", "No")
-_QUESTION_HEAD = f"{_JUDGE_INTRO} You get a text excerpt and an explanation of what a latent detects."
 
 
 def judge_question_messages(kind: str, explanation: str, text: str) -> list[dict]:
     """A yes/no question about one excerpt; the last message is the (empty) reply whose first token answers."""
-    if kind not in _QUESTION_TASK:
+    if kind not in _QUESTION:
         raise ValueError(f"unknown scorer kind {kind!r}; expected one of {SCORER_KINDS}")
-    user = f"Excerpt: {text}\n\nExplanation: {json.dumps(explanation, ensure_ascii=False)}\n\n{_QUESTION[kind]}"
+    user = f"Text: {text}\n\nDescription: {json.dumps(explanation, ensure_ascii=False)}\n\n{_QUESTION[kind]}"
     return [
-        {"role": "system", "content": f"{_QUESTION_HEAD}\n\n{_QUESTION_TASK[kind]}"},
+        {"role": "system", "content": _QUESTION_SYSTEM},
         {"role": "user", "content": user},
         {"role": "assistant", "content": ""},
     ]

@@ -161,25 +161,32 @@ def scorable_latents(
 ) -> Iterator[tuple[int, str, pd.DataFrame, np.random.Generator]]:
     """Yield (latent, explanation, its test windows, its rng) for every latent a scorer can score.
 
-    Latents without an ok explanation or without test windows are recorded in `unscored` with the reason;
+    Latents without an ok explanation or without test windows, and those past the scorer's `max_latents`
+    (status "not_sampled"; the sampler's latents are a seeded random sample, so the first n are one too), are
+    recorded in `unscored` with the reason;
     the rng is np.random.default_rng([seed, latent]), already used to pick and order the windows.
     """
-    seed = int(cfg.get("seed", 0))
+    seed, cap, n = int(cfg.get("seed", 0)), cfg.get("max_latents"), 0
     by_latent = dict(tuple(examples.groupby("latent", sort=False))) if len(examples) else {}
     for lat, expl, status in explanations[["latent", "explanation", "status"]].itertuples(index=False):
         lat = int(lat)
         if status != "ok":
             unscored[lat] = f"no_explanation: {status}"
             continue
+        if cap is not None and n >= int(cap):  # an expensive scorer on the first max_latents (a random sample)
+            unscored[lat] = NOT_SAMPLED
+            continue
         rng = np.random.default_rng([seed, lat])
         ex = scored_windows(by_latent.get(lat, examples.iloc[:0]), cfg, rng)
         if ex.empty:
             unscored[lat] = "no_test_examples"
             continue
+        n += 1
         yield lat, expl, ex, rng
 
 
 METHODS = ("auto", "slots", "reply")
+NOT_SAMPLED = "not_sampled"
 
 
 def choose_method(cfg: dict, supports_slots: bool) -> str:

@@ -17,7 +17,7 @@ NOT_METRICS = {"latent", "n", "n_failed", "prompt_tokens", "completion_tokens", 
 BASELINES = ("random", "top-tokens")
 """Explainer kinds that are baselines; every other explainer (llm, or explanations from a file such as an
 oracle's) is compared with each of them."""
-SKIPPED = ("no_explanation: skipped", "no_test_examples", "constant_truth")
+SKIPPED = ("no_explanation: skipped", "no_test_examples", "constant_truth", "not_sampled")
 """Statuses of latents a scorer was never meant to score (the sampler skipped them, no test windows, or
 activations constant over the test windows); every other status but "ok" is a failure."""
 

@@ -10,6 +10,7 @@ with logged(snakemake.log[0], threads=snakemake.threads):
         snakemake.params.model_cfg,
         snakemake.wildcards.hookpoint,
         snakemake.input.explanations,
+        snakemake.input.examples,
         snakemake.params.cfg,
         snakemake.output.predictions,
         snakemake.output.metrics,

@@ -1,0 +1,53 @@
+"""The README's generated numbers (interpflow.readme): built from summary tables, spliced between markers."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from interpflow.readme import BEGIN, END, paired_table, update_readme
+from interpflow.store import write_parquet
+
+
+def comparisons():
+    row = dict(comparison="paired", metric="score", explainer_a="qwen", explainer_kind_b="random", n_pairs=12,
+               median_a=0.61, median_b=0.5, median_difference=0.1, ci_low=0.02, ci_high=0.2, p_value=0.0123)  # fmt: skip
+    return pd.DataFrame([
+        row | dict(scorer="fuzzing", kind="fuzzing"),
+        row | dict(scorer="detection", kind="detection", ci_low=np.nan, p_value=0.0004),
+        row | dict(scorer="detection", kind="detection", explainer_kind_b="top-tokens"),  # not the floor
+        row | dict(scorer="detection", kind="detection", metric="auroc"),  # not the headline
+    ])  # fmt: skip
+
+
+def aggregates():
+    base = dict(latents=16, ok=14, skipped=1, failed=1, median=0.6, ci_low=0.5, ci_high=0.7, explainer="qwen")
+    return pd.DataFrame([
+        base | dict(scorer="detection", kind="detection", metric="score"),
+        base | dict(scorer="intervention", kind="intervention", metric="score", median=0.3),
+        base | dict(scorer="intervention", kind="intervention", metric="score_random_direction", median=0.1),
+        base | dict(scorer="intervention", kind="intervention", metric="score_shuffled", median=0.05),
+    ])  # fmt: skip
+
+
+def test_paired_table_hand_written():
+    lines = paired_table(comparisons()).splitlines()
+    assert len(lines) == 4  # header, rule, detection then fuzzing (the paper's order), nothing else
+    assert lines[2] == "| detection | qwen | 12 | 0.61 | 0.50 | 0.10 | n/a | 4.0e-04 |"
+    assert lines[3] == "| fuzzing | qwen | 12 | 0.61 | 0.50 | 0.10 | [0.02, 0.20] | 0.012 |"
+
+
+def test_update_readme_replaces_only_the_block(tmp_path):
+    write_parquet(comparisons(), tmp_path / "comparisons.parquet")
+    write_parquet(aggregates(), tmp_path / "aggregates.parquet")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\nbefore\n{BEGIN}\nstale 0.44\n{END}\nafter\n")
+    update_readme(readme, tmp_path)
+    text = readme.read_text()
+    assert text.startswith("# Title\n\nbefore\n" + BEGIN) and text.endswith(END + "\nafter\n")
+    assert "stale" not in text and "| detection | qwen | 16 | 14 | 1 | 1 | 0.60 | [0.50, 0.70] |" in text
+    assert "| qwen | 0.30 | 0.10 | 0.05 |" in text  # intervention beside its floors
+    update_readme(readme, tmp_path)
+    assert readme.read_text() == text  # idempotent
+    readme.write_text("no markers")
+    with pytest.raises(ValueError, match="needs one"):
+        update_readme(readme, tmp_path)

@@ -1,0 +1,111 @@
+"""Each rule's package inputs (`code=code_of(...)` in rules/common.smk) are the import closure of its script,
+so editing a module reruns every rule that runs it. Checked against an independent closure (modulefinder's
+bytecode scan), on a hand-built package, and in the dry run of the default config."""
+
+import json
+import modulefinder
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import REPO, copy_workflow
+
+# Every rule of the workflow as {name: [script, code inputs]}, read through snakemake's own API.
+PROBE = """
+import json, pathlib
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import ResourceSettings
+with SnakemakeApi() as api:
+    rules = api.workflow(ResourceSettings(), snakefile=pathlib.Path("Snakefile"))._workflow.rules
+    print(json.dumps({r.name: [r.script, list(r.input.get("code", []))] for r in rules}))
+"""
+
+
+def snakemake(cwd: Path, *args: str) -> str:
+    cmd = [sys.executable, "-m", "snakemake", *args]
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    assert result.returncode == 0, f"snakemake {args} failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
+    return result.stdout
+
+
+class PackageFinder(modulefinder.ModuleFinder):
+    """modulefinder (it scans bytecode, so imports inside functions count) following only interpflow."""
+
+    def find_module(self, name, path, parent=None):
+        full = f"{parent.__name__}.{name}" if parent else name
+        if full.split(".")[0] != "interpflow" and name != "__init__":  # load_package looks up "__init__"
+            raise ImportError(name)
+        return super().find_module(name, path, parent)
+
+
+def scanned_closure(script: Path, root: Path) -> set[str]:
+    """The interpflow files running `script` can import, found without rules/common.smk's code."""
+    finder = PackageFinder(path=[str(root / "src")])
+    finder.run_script(str(script))
+    files = {m.__file__ for name, m in finder.modules.items() if name.split(".")[0] == "interpflow"}
+    return {Path(f).relative_to(root).as_posix() for f in files if f}
+
+
+@pytest.fixture(scope="module")
+def rules() -> dict:
+    result = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_every_rule_lists_its_scripts_import_closure(rules):
+    scripted = {name: entry for name, entry in rules.items() if entry[0]}
+    assert len(scripted) >= 20 and "score_embedding" in scripted  # the probe saw the real workflow
+    wrong = {}
+    for name, (script, code) in scripted.items():
+        expected = scanned_closure((REPO / "rules" / script).resolve(), REPO)
+        if set(code) != expected or len(code) != len(set(code)):
+            wrong[name] = dict(missing=sorted(expected - set(code)), extra=sorted(set(code) - expected))
+    assert wrong == {}
+
+
+def test_closure_of_a_hand_built_package(tmp_path):
+    """a -> b -> c -> d by the four import forms, one import inside a function, a subpackage with a
+    two-level relative import; `unused` is imported by nothing and numpy is not the package's."""
+    files = {
+        "workflow/scripts/s.py": "from interpflow.a import run\n",
+        "src/interpflow/__init__.py": "",
+        "src/interpflow/a.py": "from interpflow import b\n\ndef run():\n    from interpflow.sub.e import x\n",
+        "src/interpflow/b.py": "import numpy\nimport interpflow.c\n",
+        "src/interpflow/c.py": "from .d import y\n",
+        "src/interpflow/d.py": "y = 1\n",
+        "src/interpflow/unused.py": "import interpflow.a\n",
+        "src/interpflow/sub/__init__.py": "",
+        "src/interpflow/sub/e.py": "from ..c import y as x\n",
+    }
+    for path, text in files.items():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(text)
+    (tmp_path / "Snakefile").write_text(
+        textwrap.dedent(f"""
+        configfile: "{REPO}/config/config.yaml"
+        include: "{REPO}/rules/common.smk"
+        rule probe:
+            input: code=code_of("../workflow/scripts/s.py")
+            output: "closure.txt"
+            run: Path(output[0]).write_text("\\n".join(input.code))
+    """)
+    )
+    snakemake(tmp_path, "--cores", "1", "closure.txt")
+    derived = (tmp_path / "closure.txt").read_text().split("\n")
+    expected = [f"src/interpflow/{m}.py" for m in ["__init__", "a", "b", "c", "d", "sub/__init__", "sub/e"]]
+    assert derived == expected
+    assert set(derived) == scanned_closure(tmp_path / "workflow/scripts/s.py", tmp_path)
+
+
+def test_default_dry_run_reruns_embedding_and_surprisal_on_a_scorers_edit(tmp_path):
+    """scorers.scorable_latents picks the windows embedding and surprisal score; both once missed it."""
+    out = snakemake(copy_workflow(tmp_path), "-n", "--cores", "1")
+    inputs = {rule: line for rule, line in re.findall(r"^rule (\w+):\n\s+input: ([^\n]+)", out, flags=re.M)}
+    for rule in ("score", "score_embedding", "score_surprisal"):
+        assert "src/interpflow/scorers.py" in inputs[rule].split(", "), rule
+    assert "src/interpflow/embedding.py" in inputs["score_surprisal"].split(", ")
+    assert "src/interpflow/scorers.py" not in inputs["tokenize_corpus"].split(", ")
