@@ -1,4 +1,5 @@
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -53,6 +54,29 @@ def example_row(latent, example_id, split, activating, tokens, acts, seq=None) -
         token_strs=list(tokens), acts=acts, max_act=float(acts.max(initial=0)),
         quantile=0 if activating else -1,
     )  # fmt: skip
+
+
+DIGIT_SENTENCES = (
+    "In 1984 he left for 12 years", "Room 42 is on floor 3", "The score was 21 to 17 at half time",
+    "About 350 people came in 2019", "Chapter 7 starts on page 88", "She ran 5 km in 23 minutes",
+)  # fmt: skip
+WORD_SENTENCES = (
+    "The cat sat on the mat", "We went home after the film", "Rain fell over the quiet town",
+    "He wrote a letter to his aunt", "The river runs through the valley", "They sang songs by the fire",
+)  # fmt: skip
+
+
+def planted_digit_windows(latent: int, split: str = "test"):
+    """Test windows of a planted latent that fires (4.0) on digit tokens: 6 digit-rich sentences (activating)
+    and 6 without digits, split into digit and word tokens; the truth is known by construction."""
+    import pandas as pd
+
+    rows = []
+    for i, text in enumerate(DIGIT_SENTENCES + WORD_SENTENCES):
+        toks = re.findall(r" ?\d| ?[A-Za-z]+", text)
+        acts = [4.0 if t.strip().isdigit() else 0.0 for t in toks]
+        rows.append(example_row(latent, i, split, i < len(DIGIT_SENTENCES), toks, acts))
+    return pd.DataFrame(rows)
 
 
 def copy_workflow(dest: Path) -> Path:

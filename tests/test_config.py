@@ -65,7 +65,7 @@ def test_run_combinations_expand_and_dedupe():
     run["hookpoints"] = ["resid_post.3", "resid_post.9"]
     config["runs"] = [run, copy.deepcopy(run)]
     combos = list(run_combinations(config))
-    assert len(combos) == 2 * 6  # 2 hookpoints x 6 scorers, the repeated run adds nothing
+    assert len(combos) == 2 * 2 * 5  # 2 hookpoints x 2 explainers x 5 scorers, the repeated run adds nothing
     assert {c["hookpoint"] for c in combos} == {"resid_post.3", "resid_post.9"}
 
 

@@ -140,7 +140,8 @@ def test_prompts_are_stratified_by_quintile():
     rng = np.random.default_rng(3)
     peaks = rng.permutation(25) + 1.0
     table = pd.DataFrame({"example_id": np.arange(25), "split": "test", "activating": True,
-                          "tokens": [[7, 8]] * 25, "acts": [[p, 0] for p in peaks], "max_act": peaks})  # fmt: skip
+                          "tokens": [[7, 8]] * 25, "acts": [[p, 0] for p in peaks],
+                          "max_act": peaks})  # fmt: skip
     q_of = dict(zip(range(25), quintiles(peaks), strict=True))
     picks = []
     for seed in range(4):
@@ -181,8 +182,13 @@ def test_generation_never_steers_bos_or_the_prompt(smollm2):
     prompt, c = ids_of(tok, "The old house stood at"), check_cfg({"n_samples": 3, "max_new_tokens": 4})
     v = 5 * torch.randn(576, generator=torch.Generator().manual_seed(2))
     site, _ = site_module(model, HP)
-    seen, after = [], []  # the site's own output (hook registered before steering's) and the next layer's input
-    h1 = site.register_forward_hook(lambda _m, _a, out: seen.append(out[0] if isinstance(out, tuple) else out))
+    seen, after = (
+        [],
+        [],
+    )  # the site's own output (hook registered before steering's) and the next layer's input
+    h1 = site.register_forward_hook(
+        lambda _m, _a, out: seen.append(out[0] if isinstance(out, tuple) else out)
+    )
     h2 = decoder_layers(model)[LAYER + 1].register_forward_pre_hook(
         lambda _m, args, kwargs: after.append(args[0] if args else kwargs["hidden_states"]), with_kwargs=True
     )
@@ -264,8 +270,9 @@ def test_planted_digit_direction_scores_its_explanation(tmp_path, smollm2, smoll
     cfg = {"kind": "intervention", "name": "steer", "seed": 0}
     pred_out, met_out = tmp_path / "pred.parquet", tmp_path / "met.parquet"
     run_intervention(
-        tmp_path / "sae", smollm2_spec, {}, HP, tmp_path / "explanations.parquet", tmp_path / "examples.parquet",
-        cfg, pred_out, met_out, scorer_spec=smollm2_spec, model=model, tokenizer=tok,
+        tmp_path / "sae", smollm2_spec, {}, HP, tmp_path / "explanations.parquet",
+        tmp_path / "examples.parquet", cfg, pred_out, met_out, scorer_spec=smollm2_spec, model=model,
+        tokenizer=tok,
     )  # fmt: skip
     pred, met = read_parquet(pred_out), read_parquet(met_out)
     assert list(met.columns) == list(METRIC_COLUMNS) and list(pred.columns) == list(PREDICTION_COLUMNS)

@@ -113,7 +113,9 @@ def test_active_token_counts_hand_computed():
     toks = [["In", " 19", "84", " he"], ["Room", " 84", " is", "\n"]]
     acts = [np.array([0, 1.0, 2.0, 0]), np.array([0, 3.0, 0, 1.0])]
     # "84" twice (" 84" and "84" are one key), then "19", then the line break shown escaped
-    assert active_token_counts(toks, acts, 5) == 'Most frequent active tokens: "84" (2), "19" (1), "\\\\n" (1)'
+    assert (
+        active_token_counts(toks, acts, 5) == 'Most frequent active tokens: "84" (2), "19" (1), "\\\\n" (1)'
+    )
     assert active_token_counts(toks, acts, 1) == 'Most frequent active tokens: "84" (2)'
     user = prompts.explainer_user(toks, acts, top_tokens=2)
     assert user.endswith('Most frequent active tokens: "84" (2), "19" (1)')

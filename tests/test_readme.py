@@ -10,7 +10,8 @@ from interpflow.store import write_parquet
 
 def comparisons():
     row = dict(comparison="paired", metric="score", explainer_a="qwen", explainer_kind_b="random", n_pairs=12,
-               median_a=0.61, median_b=0.5, median_difference=0.1, ci_low=0.02, ci_high=0.2, p_value=0.0123)  # fmt: skip
+               median_a=0.61, median_b=0.5, median_difference=0.1, ci_low=0.02, ci_high=0.2,
+               p_value=0.0123)  # fmt: skip
     return pd.DataFrame([
         row | dict(scorer="fuzzing", kind="fuzzing"),
         row | dict(scorer="detection", kind="detection", ci_low=np.nan, p_value=0.0004),
@@ -51,3 +52,25 @@ def test_update_readme_replaces_only_the_block(tmp_path):
     readme.write_text("no markers")
     with pytest.raises(ValueError, match="needs one"):
         update_readme(readme, tmp_path)
+
+
+def test_timing_table_from_step_logs(tmp_path):
+    import os
+
+    from interpflow.readme import timing_table
+
+    logs = tmp_path / "logs"
+    steps = [("models/gemma.log", 46.0), ("wiki/gemma/h/d/s/qwen/explain-0.log", 60.0),
+             ("wiki/gemma/h/d/s/qwen/explain-1.log", 30.0),
+             ("wiki/gemma/h/d/s/qwen/detection/score-0.log", 90.0)]
+    for i, (rel, seconds) in enumerate(steps):
+        (logs / rel).parent.mkdir(parents=True, exist_ok=True)
+        (logs / rel).write_text(f"INFO something\nINFO interpflow: step took {seconds} s\n")
+        os.utime(logs / rel, (1000 + i, 1000 + i))  # the order the jobs ran in
+    (logs / "empty.log").write_text("no timing here\n")
+    assert timing_table(logs).splitlines()[2:] == [
+        "| subject model conversion | 1 | 0.8 |",
+        "| explain: qwen | 2 | 1.5 |",
+        "| score: detection | 1 | 1.5 |",
+        "| total | 4 | 3.8 |",
+    ]

@@ -10,7 +10,7 @@ from functools import partial
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import completion, example_row
+from conftest import completion, example_row, planted_digit_windows
 
 from interpflow import scorers
 from interpflow.metrics import METRIC_COLUMNS
@@ -374,7 +374,7 @@ class SlotJudge:
         out = []
         for messages, offsets in requests:
             assert offsets == [0] and messages[-1] == {"role": "assistant", "content": ""}
-            user = messages[1]["content"]
+            user = messages[-2]["content"]
             text = user.split("Text: ", 1)[1].split("\n\nDescription: ", 1)[0]
             expl = user.split("\n\nDescription: ", 1)[1].split("\n\n", 1)[0]
             p = self.p(text, expl)
@@ -387,13 +387,29 @@ def test_slot_question_prompt_hand_written():
     from interpflow.prompts import judge_question_messages
 
     msgs = judge_question_messages("fuzzing", "The word cat.", "the <<cat>> ran")
-    assert [m["role"] for m in msgs] == ["system", "user", "assistant"] and msgs[2]["content"] == ""
-    assert msgs[1]["content"] == (
+    assert [m["role"] for m in msgs] == [
+        "system",
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+    ]
+    assert (
+        msgs[-1]["content"] == ""
+        and msgs[0]["content"] == "You answer questions about short texts with Yes or No."
+    )
+    assert msgs[-2]["content"] == (
         'Text: the <<cat>> ran\n\nDescription: "The word cat."\n\n'
         "Do the tokens marked <<like this>> fit the description? Answer Yes or No."
     )
-    assert msgs[0]["content"] == "You answer questions about short texts with Yes or No."
-    assert judge_question_messages("detection", "x", "y")[1] != judge_question_messages("fuzzing", "x", "y")[1]
+    # two worked questions on another description, one Yes and one No: no answer pattern to copy
+    assert [msgs[2]["content"], msgs[4]["content"]] == ["Yes", "No"]
+    assert all('Description: "Names of colours."' in m["content"] for m in (msgs[1], msgs[3]))
+    # the same prefix for every question, so it is evaluated once
+    assert judge_question_messages("fuzzing", "Dogs.", "x")[:-2] == msgs[:-2]
+    assert judge_question_messages("detection", "x", "y")[1] != msgs[1]
     with pytest.raises(ValueError, match="unknown scorer kind"):
         judge_question_messages("simulation", "x", "y")
 
@@ -428,21 +444,14 @@ def test_real_judge_depends_on_the_explanation(kind, qwen_gguf):
     pytest.importorskip("llama_cpp")
     from interpflow.llm import LLMClient
 
-    pos = ["In 1984 he left for 12 years", "Room 42 is on floor 3", "The score was 21 to 17 at half time",
-           "About 350 people came in 2019", "Chapter 7 starts on page 88", "She ran 5 km in 23 minutes"]
-    neg = ["The cat sat on the mat", "We went home after the film", "Rain fell over the quiet town",
-           "He wrote a letter to his aunt", "The river runs through the valley", "They sang songs by the fire"]
-    rows = []
-    for i, text in enumerate(pos + neg):
-        toks = re.findall(r" ?\d| ?[A-Za-z]+", text)
-        rows.append(_window(3, i, "test", i < len(pos), toks, [4.0 * t.strip().isdigit() for t in toks]))
+    rows = planted_digit_windows(3)
     expl = pd.DataFrame({"latent": [3], "status": ["ok"], "explanation": ["Digits of numbers."]})
     wrong = expl.assign(explanation="Words about weather and rain.")
     llm = {"model": "local/qwen2.5-coder-1.5b-instruct", "max_concurrency": 1, "n_ctx": 2048, "n_threads": 2}
     with LLMClient.from_config(llm, cache_dir=None, local_gguf=qwen_gguf) as client:
         cfg = CFG | {"kind": kind}
-        right_pred, right = score_latents(pd.DataFrame(rows), expl, cfg, client)
-        _, unrelated = score_latents(pd.DataFrame(rows), wrong, cfg, client)
+        right_pred, right = score_latents(rows, expl, cfg, client)
+        _, unrelated = score_latents(rows, wrong, cfg, client)
     assert (right_pred["method"] == "slots").all() and right_pred["p_yes"].between(0, 1).all()
     assert right["auroc"].iloc[0] >= 0.8, right.to_dict("records")
     assert right["auroc"].iloc[0] > unrelated["auroc"].iloc[0] + 0.2, (right["auroc"], unrelated["auroc"])

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import logging
 import math
 import re
 from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
-import pandas as pd
 import pytest
-from conftest import completion, example_row
+from conftest import completion
 
 from interpflow.simulation_reply import expected_values, parse_reply, reply_budget
 from interpflow.simulation_reply import reply_messages as simulation_messages

@@ -88,7 +88,8 @@ def test_slurm_run_writes_the_same_tables_as_a_local_run(runs):
     expected |= {f"{base}/{kind}-{shard}.parquet" for kind in EXPLAINED for shard in (0, 1)}
     assert expected <= set(ours) and sorted(ours) == sorted(theirs)
     for name, table in ours.items():
-        assert len(table) > 0, name
+        # this config has one explainer, no LLM-vs-floor pair: an empty comparisons table is right
+        assert len(table) > 0 or name == "results/summary/comparisons.parquet", name
         pd.testing.assert_frame_equal(table, theirs[name], check_exact=False, rtol=1e-5, atol=1e-6, obj=name)
     summary = ours["results/summary/latents.parquet"]
     assert (summary["status"] == "ok").all() and summary["score"].between(0, 1).all()

@@ -166,7 +166,7 @@ def calibrate(
 def explanation_logprobs(
     model, tokenizer, texts: list[str], explanation: str, template: str, prefix: str = ""
 ) -> np.ndarray:
-    """Per text, mean log P(explanation token | prefix + template(text), earlier ones), nats: (len(texts),)."""
+    """Per text: mean log P(explanation token | prefix, template(text), earlier ones), nats, [len(texts)]."""
     ctxs = [
         [bos_of(tokenizer), *tokenizer(prefix + template.format(text=t), add_special_tokens=False).input_ids]
         for t in texts
@@ -199,21 +199,40 @@ class Clean(NamedTuple):
 
 def clean_run(model, tokenizer, hookpoint: str, prompts: list[Prompt], c: dict, latent: int) -> Clean:
     """Sample the clean continuations of a latent's prompts; their next-token log-probs and residual norm."""
-    seeds = [int(np.random.SeedSequence([c["seed"], latent, i]).generate_state(1)[0]) for i in range(len(prompts))]
-    gens = [continuations(model, p.ids, c, s, stop=tokenizer.eos_token_id) for p, s in zip(prompts, seeds, strict=True)]
+    seeds = [
+        int(np.random.SeedSequence([c["seed"], latent, i]).generate_state(1)[0]) for i in range(len(prompts))
+    ]
+    gens = [
+        continuations(model, p.ids, c, s, stop=tokenizer.eos_token_id)
+        for p, s in zip(prompts, seeds, strict=True)
+    ]
     seqs = [p.ids + g for p, gs in zip(prompts, gens, strict=True) for g in gs]
-    spans = [(len(p.ids) - 1, len(p.ids) - 1 + len(g)) for p, gs in zip(prompts, gens, strict=True) for g in gs]
+    spans = [
+        (len(p.ids) - 1, len(p.ids) - 1 + len(g)) for p, gs in zip(prompts, gens, strict=True) for g in gs
+    ]
     h = hidden_states(model, _padded(model, seqs), [hookpoint])[hookpoint]  # (B, T, d)
     # BOS is left out: its residual is often an outlier (attention sink) far from the typical norm
     norm = torch.cat([h[i, 1 : len(s)].float().norm(dim=-1) for i, s in enumerate(seqs)]).mean()
     logp, mask = next_logprobs(model, seqs, spans), span_mask(model, seqs, spans)
     return Clean(
-        model, tokenizer, hookpoint, c, prompts, seeds, gens, seqs, spans, mask, logp, float(norm), h.shape[-1]
+        model,
+        tokenizer,
+        hookpoint,
+        c,
+        prompts,
+        seeds,
+        gens,
+        seqs,
+        spans,
+        mask,
+        logp,
+        float(norm),
+        h.shape[-1],
     )
 
 
 def mean_kl(s: Clean, vector: torch.Tensor) -> float:
-    """Mean over the clean continuations' sampled positions of KL(clean || steered by `vector` there), nats."""
+    """Mean KL(clean || steered by `vector`) over the clean continuations' sampled positions, nats."""
     with steer(s.model, s.hookpoint, vector, s.mask):
         logp = next_logprobs(s.model, s.seqs, s.spans)  # (N, V)
     return float(F.kl_div(logp, s.logp, log_target=True, reduction="sum")) / len(logp)
@@ -316,7 +335,8 @@ def _metrics_row(lat: int, rows: pd.DataFrame | None, status: str, resid_norm: f
 def _ok_explanations(explanations: pd.DataFrame) -> dict[int, str]:
     ok = explanations["status"] == "ok"
     ok &= explanations["explanation"].map(lambda e: isinstance(e, str) and bool(e.strip()))
-    return dict(zip(explanations.loc[ok, "latent"].astype(int), explanations.loc[ok, "explanation"]))
+    good = explanations.loc[ok]
+    return dict(zip(good["latent"].astype(int), good["explanation"], strict=True))
 
 
 def score_latents(
@@ -349,7 +369,9 @@ def score_latents(
         if lat in ok and why == "no_test_examples" and prompts:
             s = clean_run(model, tokenizer, hookpoint, prompts, c, lat)
             if directions.shape[1] != s.width:
-                raise ValueError(f"decoder directions have {directions.shape[1]} dims, {hookpoint} has {s.width}")
+                raise ValueError(
+                    f"decoder directions have {directions.shape[1]} dims, {hookpoint} has {s.width}"
+                )
             donor = (donors[lat], ok[donors[lat]]) if lat in donors else None
             d = directions[lat].detach().to(device_of(model), torch.float32)
             rows, norm = score_latent(s, lat, d, ok[lat], donor, scorer), s.resid_norm

@@ -137,7 +137,9 @@ def check_cfg(cfg: dict) -> dict:
     if c["temperature"] < 0:
         raise ValueError(f"intervention option temperature must be >= 0, got {c['temperature']!r}")
     if c["prompt_split"] not in SPLITS:
-        raise ValueError(f"intervention option prompt_split must be one of {SPLITS}, got {c['prompt_split']!r}")
+        raise ValueError(
+            f"intervention option prompt_split must be one of {SPLITS}, got {c['prompt_split']!r}"
+        )
     if not 0 <= c["n_shots"] <= len(SHOTS):
         raise ValueError(f"intervention option n_shots must be in 0..{len(SHOTS)}, got {c['n_shots']!r}")
     if "{text}" not in c["prompt_template"]:

@@ -71,6 +71,8 @@ def _litellm():
     import litellm
 
     litellm.suppress_debug_info = True  # it prints help banners to stdout on every error otherwise
+    for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):  # two INFO lines per request otherwise
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
     return litellm
 
 
@@ -415,7 +417,10 @@ class LLMClient:
             kwargs |= {"logprobs": True, "top_logprobs": self.top_logprobs}
         kwargs |= self.extra
         if slots is not None:  # the local provider reads the slots from extra_body; nothing is generated
-            kwargs |= {"max_tokens": 1, "extra_body": dict(kwargs.get("extra_body") or {}, slot_logprobs=slots)}
+            kwargs |= {
+                "max_tokens": 1,
+                "extra_body": dict(kwargs.get("extra_body") or {}, slot_logprobs=slots),
+            }
         return kwargs
 
     @property
@@ -547,7 +552,9 @@ class LLMClient:
         await asyncio.to_thread(self._cache_put, key, completion)  # file I/O off the event loop
         return completion
 
-    async def _gather(self, requests: list[list[dict]], desc: str, slots: list | None = None) -> list[Completion]:
+    async def _gather(
+        self, requests: list[list[dict]], desc: str, slots: list | None = None
+    ) -> list[Completion]:
         """Run all requests concurrently (bounded by the semaphore) with a progress bar; keep their order."""
         from tqdm.auto import tqdm
 
@@ -571,7 +578,8 @@ class LLMClient:
         """Next-token logprobs of `candidates` at places of prompts, one evaluation each, in order; blocking.
 
         Each request is (messages, offsets): the last message is the assistant's reply so far, and offsets are
-        character positions in it; each Completion's `slot_logprobs` holds, per offset, candidate -> logprob of
+        character positions in it; each Completion's `slot_logprobs` holds, per offset, candidate -> logprob
+        of
         the token that would be written there, given only the text before it.
         """
         if not self.supports_slots:

@@ -138,7 +138,7 @@ class SlotScores:
     """Next-token log-probabilities of candidate strings at marked places of a prompt (one evaluation)."""
 
     logprobs: np.ndarray
-    """float64 [n_slots, n_candidates]: log P(candidate | prompt up to the slot), over the whole vocabulary."""
+    """float64 [n_slots, n_candidates]: log P(candidate | prompt up to the slot); full-vocabulary softmax."""
     prompt_tokens: int
     n_evaluated: int
     """Prompt tokens evaluated for this request; the rest were reused from the KV cache."""
@@ -206,13 +206,13 @@ class LocalChatModel:
     def _feed(self, tokens: list[int], keep_logits: Sequence[int] = ()) -> tuple[int, dict[int, np.ndarray]]:
         """Evaluate `tokens`, reusing the longest prefix already in the KV cache.
 
-        Returns how many tokens were evaluated and the logits (V,) at each position of `keep_logits` (positions
+        Returns how many tokens were evaluated and the logits (V,) at each position of `keep_logits`
+        (positions
         in `tokens`; llama.cpp computes the output layer only there and at the last token).
         """
-        import llama_cpp
 
         cached = self.llm.input_ids[: self.llm.n_tokens]
-        # re-evaluate at least the last token (we need its logits) and every position whose logits are asked for
+        # re-evaluate at least the last token (we need its logits) and every position whose logits are wanted
         n = min(len(cached), len(tokens) - 1, *keep_logits)
         same = cached[:n] == np.asarray(tokens[:n])
         keep = n if same.all() else int(np.argmin(same))
@@ -250,7 +250,9 @@ class LocalChatModel:
             raise ValueError(f"slot candidates must be single tokens of {self.path.name}; not: {bad}")
         return [t[0] for t in ids]
 
-    def slot_logprobs(self, messages: list[dict], slots: Sequence[int], candidates: Sequence[str]) -> SlotScores:
+    def slot_logprobs(
+        self, messages: list[dict], slots: Sequence[int], candidates: Sequence[str]
+    ) -> SlotScores:
         """Log P(candidate) of the next token at each slot of a prefilled reply, from one prompt evaluation.
 
         The last message is the assistant's reply so far; `slots` are character offsets in it where a value
@@ -277,7 +279,7 @@ class LocalChatModel:
         return SlotScores(logprobs=lp, prompt_tokens=len(tokens), n_evaluated=n_eval)
 
     def _grammar(self, grammar: str):
-        """A llama.cpp grammar sampler for a GBNF grammar (root rule `root`); free it with llama_sampler_free."""
+        """A llama.cpp sampler for a GBNF grammar (root rule `root`); free it with llama_sampler_free."""
         import llama_cpp
 
         vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
@@ -331,7 +333,8 @@ class LocalChatModel:
     ) -> Generation:
         """Generate a reply: greedy at temperature 0, else sampled with a Generator seeded by `seed`.
 
-        With a GBNF `grammar` (root rule `root`, as llama.cpp's server takes it) every token is drawn from those
+        With a GBNF `grammar` (root rule `root`, as llama.cpp's server takes it) every token is drawn from
+        those
         the grammar allows, so the reply always parses; logprobs are then over the allowed tokens.
         """
         prompt = self.prompt_tokens(messages)

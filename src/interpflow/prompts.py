@@ -208,26 +208,45 @@ def judge_user(explanation: str, texts: Sequence[str]) -> str:
 
 
 # One excerpt, one question, answered by the next token (Yes or No), read from the prompt's logprobs. Plain
-# words, the text before the description and the question last: measured on planted token-property latents
-# (4 properties, 6 + 6 windows each), the local 1.5B judge's median AUROC under the property's own
-# description was 0.69 (0.44 under another property's) with this prompt, 0.55 with one that spoke of
-# latents and activations.
+# words, the text before the description, the question last, and two worked questions on another
+# description (one Yes, one No) before it. Measured on planted token-property latents (4 properties, 6 + 6
+# windows each), the local 1.5B judge's median detection AUROC under the property's own description was
+# 0.74 with the worked questions, 0.69 without (0.44 under another property's description either way) and
+# 0.55 with a prompt that spoke of latents and activations. The worked questions are the same for every
+# prompt, so llama.cpp and API providers cache them with the system message as one prefix.
 _QUESTION = {
     "detection": "Does the text contain something that fits the description? Answer Yes or No.",
     "fuzzing": "Do the tokens marked <<like this>> fit the description? Answer Yes or No.",
 }
 _QUESTION_SYSTEM = "You answer questions about short texts with Yes or No."
+_WORKED = {
+    "detection": (("The red car passed a blue house.", "Yes"), ("We walked home after dinner.", "No")),
+    "fuzzing": (
+        ("The <<red>> car passed a <<blue>> house.", "Yes"),
+        ("The red <<car>> passed a blue <<house>>.", "No"),
+    ),
+}
+_WORKED_DESCRIPTION = "Names of colours."
 ANSWERS = ("Yes", "No")
 
 
+def _question(kind: str, explanation: str, text: str) -> dict:
+    desc = json.dumps(explanation, ensure_ascii=False)
+    return {"role": "user", "content": f"Text: {text}\n\nDescription: {desc}\n\n{_QUESTION[kind]}"}
+
+
 def judge_question_messages(kind: str, explanation: str, text: str) -> list[dict]:
-    """A yes/no question about one excerpt; the last message is the (empty) reply whose first token answers."""
+    """A yes/no question about one excerpt after two worked ones; the last message is the (empty) reply
+    whose first token answers."""
     if kind not in _QUESTION:
         raise ValueError(f"unknown scorer kind {kind!r}; expected one of {SCORER_KINDS}")
-    user = f"Text: {text}\n\nDescription: {json.dumps(explanation, ensure_ascii=False)}\n\n{_QUESTION[kind]}"
+    worked = []
+    for example, answer in _WORKED[kind]:
+        worked += [_question(kind, _WORKED_DESCRIPTION, example), {"role": "assistant", "content": answer}]
     return [
         {"role": "system", "content": _QUESTION_SYSTEM},
-        {"role": "user", "content": user},
+        *worked,
+        _question(kind, explanation, text),
         {"role": "assistant", "content": ""},
     ]
 

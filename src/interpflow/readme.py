@@ -1,15 +1,16 @@
 """The README's measured numbers, written from a run's summary tables so they can never go stale.
 
-    python -m interpflow.readme [results/summary] [README.md]
+    python -m interpflow.readme [results/summary] [README.md] [logs]
 
 replaces the text between the README's `<!-- results:begin -->` and `<!-- results:end -->` markers with
 tables built from `comparisons.parquet` and `aggregates.parquet`: per scorer, the LLM explainer against the
-random floor, paired on latents, and what every explainer reached.
+random floor, paired on latents, what every explainer reached, and the time per stage from the step logs.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -43,7 +44,8 @@ def paired_table(comparisons: pd.DataFrame) -> str:
     rows = comparisons[(comparisons["comparison"] == "paired") & (comparisons["metric"] == "score")]
     rows = _ordered(rows[rows["explainer_kind_b"] == "random"])
     lines = [
-        "| scorer | explainer | pairs | explainer median | random median | median difference | 95% interval | Wilcoxon p |",
+        "| scorer | explainer | pairs | explainer median | random median | median difference | 95% interval "
+        "| Wilcoxon p |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows.itertuples(index=False):
@@ -76,13 +78,53 @@ def floors_table(aggregates: pd.DataFrame) -> str:
     med = rows[rows["metric"].isin(wanted)].pivot_table(index="explainer", columns="metric", values="median")
     if med.empty:
         return ""
-    lines = ["| intervention | explanation, steered | random direction | shuffled explanation |", "|---|---|---|---|"]
+    lines = [
+        "| intervention | explanation, steered | random direction | shuffled explanation |",
+        "|---|---|---|---|",
+    ]
     for name, r in med.iterrows():
         lines.append(f"| {name} | " + " | ".join(_num(r.get(m, float("nan"))) for m in wanted) + " |")
     return "\n".join(lines)
 
 
-def results_block(summary_dir: str | Path) -> str:
+_TOOK = re.compile(r"step took ([0-9.]+) s")
+
+
+def _stage(log: Path, logs_dir: Path) -> str:
+    """A step log's stage: its file's stem without the shard number ("explain"), the scorer's folder for
+    score logs ("score: detection"), "model" for the subject model's conversion."""
+    rel = log.relative_to(logs_dir)
+    stem = re.sub(r"-\d+$", "", log.stem)
+    if rel.parts[0] in ("models", "llm"):
+        return {"models": "subject model conversion", "llm": "local LLM assembly"}[rel.parts[0]]
+    if stem == "score":
+        return f"score: {log.parent.name}"
+    if stem == "explain":
+        return f"explain: {log.parent.name}"
+    return "examples" if log.parent.name == "examples" else stem
+
+
+def stage_seconds(logs_dir: str | Path) -> pd.DataFrame:
+    """Per stage: jobs and the seconds their steps took (the last "step took" line of each step log)."""
+    logs_dir, rows = Path(logs_dir), []
+    for log in sorted(logs_dir.rglob("*.log"), key=lambda p: p.stat().st_mtime):  # in the order they ran
+        took = _TOOK.findall(log.read_text(encoding="utf-8", errors="replace"))
+        if took:
+            rows.append((_stage(log, logs_dir), float(took[-1])))
+    frame = pd.DataFrame(rows, columns=["stage", "seconds"])
+    return frame.groupby("stage", sort=False).agg(jobs=("seconds", "size"), seconds=("seconds", "sum"))
+
+
+def timing_table(logs_dir: str | Path) -> str:
+    """Markdown: per stage, jobs and minutes; and the total (the steps' own time, run one after another)."""
+    t = stage_seconds(logs_dir)
+    lines = ["| stage | jobs | minutes |", "|---|---|---|"]
+    lines += [f"| {r.stage} | {r.jobs} | {r.seconds / 60:.1f} |" for r in t.reset_index().itertuples()]
+    lines.append(f"| total | {int(t['jobs'].sum())} | {t['seconds'].sum() / 60:.1f} |")
+    return "\n".join(lines)
+
+
+def results_block(summary_dir: str | Path, logs_dir: str | Path | None = None) -> str:
     """The README's generated block (without the markers)."""
     summary_dir = Path(summary_dir)
     comparisons = read_parquet(summary_dir / "comparisons.parquet")
@@ -95,10 +137,12 @@ def results_block(summary_dir: str | Path) -> str:
     ]
     if floors := floors_table(aggregates):
         parts += ["Intervention beside its floors (medians, nats per explanation token):", floors]
+    if logs_dir is not None and Path(logs_dir).is_dir():
+        parts += ["Time per stage, from the step logs (each job's own time):", timing_table(logs_dir)]
     return "\n\n".join(parts)
 
 
-def update_readme(readme: str | Path, summary_dir: str | Path) -> None:
+def update_readme(readme: str | Path, summary_dir: str | Path, logs_dir: str | Path | None = None) -> None:
     """Replace the README's generated block with one built from `summary_dir`; atomic."""
     readme = Path(readme)
     text = readme.read_text(encoding="utf-8")
@@ -106,7 +150,7 @@ def update_readme(readme: str | Path, summary_dir: str | Path) -> None:
         raise ValueError(f"{readme} needs one {BEGIN} line followed by one {END} line")
     head, rest = text.split(BEGIN)
     tail = rest.split(END)[1]
-    block = results_block(summary_dir)
+    block = results_block(summary_dir, logs_dir)
     note = f"<!-- generated by `python -m interpflow.readme {summary_dir}`: do not edit by hand -->"
     with atomic_path(readme) as tmp:
         tmp.write_text(f"{head}{BEGIN}\n{note}\n\n{block}\n\n{END}{tail}", encoding="utf-8")
@@ -114,4 +158,5 @@ def update_readme(readme: str | Path, summary_dir: str | Path) -> None:
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    update_readme(args[1] if len(args) > 1 else "README.md", args[0] if args else "results/summary")
+    summary = args[0] if args else "results/summary"
+    update_readme(args[1] if len(args) > 1 else "README.md", summary, args[2] if len(args) > 2 else "logs")

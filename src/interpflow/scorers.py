@@ -173,7 +173,9 @@ def scorable_latents(
         if status != "ok":
             unscored[lat] = f"no_explanation: {status}"
             continue
-        if cap is not None and n >= int(cap):  # an expensive scorer on the first max_latents (a random sample)
+        if cap is not None and n >= int(
+            cap
+        ):  # an expensive scorer on the first max_latents (a random sample)
             unscored[lat] = NOT_SAMPLED
             continue
         rng = np.random.default_rng([seed, lat])
@@ -196,7 +198,8 @@ def choose_method(cfg: dict, supports_slots: bool) -> str:
     if method not in METHODS:
         raise ValueError(f"scorer option method must be one of {METHODS}, got {method!r}")
     if method == "slots" and not supports_slots:
-        raise ValueError(f"scorer {cfg.get('name') or cfg.get('kind')}: method 'slots' needs prompt logprobs, "
+        name = cfg.get("name") or cfg.get("kind")
+        raise ValueError(f"scorer {name}: method 'slots' needs prompt logprobs, "
                          "which only in-process local/ models give (use method: reply or auto)")  # fmt: skip
     return "slots" if method == "slots" or (method == "auto" and supports_slots) else "reply"
 

@@ -87,7 +87,9 @@ def _read_completion(c, counts: list[int], method: str) -> list[tuple[np.ndarray
     return [(ev, True, "") for ev in expected_activations(c.slot_logprobs, counts)]
 
 
-def _read_simulation(lat: int, p: int, ex: pd.DataFrame, true: list[np.ndarray], c, method: str) -> pd.DataFrame:
+def _read_simulation(
+    lat: int, p: int, ex: pd.DataFrame, true: list[np.ndarray], c, method: str
+) -> pd.DataFrame:
     """Prediction rows of one prompt's windows from the simulator's completion."""
     got = _read_completion(c, [len(t) for t in true], method)
     failed = "llm_error" if c.status != "ok" else "parse_error"
@@ -153,7 +155,6 @@ def simulation_metrics(
     out = pd.DataFrame(rows, columns=[*METRIC_COLUMNS]).assign(scorer=name, kind=KIND)
     out["score"] = out["correlation"].where(out["status"] == "ok")
     return out.astype(METRIC_COLUMNS)
-
 
 
 def _complete(client, requests: list, method: str, name: str) -> list:

@@ -67,6 +67,7 @@ def reply_user(explanation: str, windows: Sequence[Sequence[str]]) -> str:
         + f"\n\nReply with {len(windows)} line{'s' if len(windows) != 1 else ''}:\n{template}"
     )  # fmt: skip
 
+
 def reply_messages(explanation: str, windows: Sequence[Sequence[str]]) -> list[dict]:
     """Chat messages asking the simulator to write one 0-10 activation per token of each window."""
     return [
@@ -207,7 +208,9 @@ def expected_values(logprobs, counts: Sequence[int], parsed: list) -> list[np.nd
     return out
 
 
-def read_reply(text: str | None, logprobs, counts: Sequence[int]) -> list[tuple[np.ndarray | None, bool, str]]:
+def read_reply(
+    text: str | None, logprobs, counts: Sequence[int]
+) -> list[tuple[np.ndarray | None, bool, str]]:
     """Per window, (predicted values [T] or None, whether they are expected values, error or "")."""
     out = []
     parsed = parse_reply(text, counts)

@@ -1,4 +1,4 @@
-"""The simulator's "all at once" method (Bills et al. 2023; Paulo et al. 2024, App. D): one prompt, one evaluation.
+"""The simulator's "all at once" method (Bills et al. 2023; Paulo et al. 2024, App. D): one evaluation.
 
 The prompt holds the explanation and the test windows, one token per line, each line ending in a slot where
 the activation would be written. The slot's text is a placeholder ("unknown"), never a value, so what the
@@ -67,7 +67,9 @@ def expected_activations(slot_logprobs: Sequence[dict], counts: Sequence[int]) -
     `slot_logprobs` holds, per slot in order, digit -> log P(that digit is written there).
     """
     if len(slot_logprobs) != sum(counts):
-        raise ValueError(f"got logprobs for {len(slot_logprobs)} slots, the windows have {sum(counts)} tokens")
+        raise ValueError(
+            f"got logprobs for {len(slot_logprobs)} slots, the windows have {sum(counts)} tokens"
+        )
     lp = np.array([[d[c] for c in CANDIDATES] for d in slot_logprobs], dtype=np.float64).reshape(-1, 10)
     p = np.exp(lp - lp.max(axis=1, keepdims=True))  # [n_slots, 10]
     ev = (p @ np.arange(10.0)) / p.sum(axis=1) * (10.0 / SLOT_MAX)  # [n_slots]
