@@ -20,7 +20,6 @@ from interpflow.intervention import (
     mean_kl,
     run_intervention,
     score_latents,
-    steer,
 )
 from interpflow.intervention_inputs import (
     Prompt,
@@ -167,13 +166,13 @@ def test_steer_adds_the_vector_only_where_the_mask_says(smollm2):
     mask = torch.zeros(ids.shape)
     mask[0, 6:] = 1
     clean = hidden_states(model, ids, [HP, NEXT])
-    with torch.no_grad(), steer(model, HP, v, mask):
+    with torch.no_grad(), add_at(model, HP, v, mask):
         steered = hidden_states(model, ids, [HP, NEXT])
     torch.testing.assert_close(steered[HP], clean[HP] + mask[..., None] * v)
     # causal: everything before the first steered position is untouched, also in the next layer
     torch.testing.assert_close(steered[NEXT][0, :6], clean[NEXT][0, :6])
     assert (steered[NEXT][0, 6:] - clean[NEXT][0, 6:] - v).abs().max() > 1e-2
-    with torch.no_grad(), steer(model, HP, v):  # no mask: every position
+    with torch.no_grad(), add_at(model, HP, v):  # no mask: every position
         torch.testing.assert_close(hidden_states(model, ids, [HP])[HP], clean[HP] + v)
 
 

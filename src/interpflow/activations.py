@@ -111,14 +111,15 @@ def capture(model: torch.nn.Module, hookpoints: list[str]):
 
 
 @contextlib.contextmanager
-def add_at(model: torch.nn.Module, hookpoint: str, vector: torch.Tensor):
-    """While active, add `vector` (d,) to the hookpoint's activations at every position."""
+def add_at(model: torch.nn.Module, hookpoint: str, vector: torch.Tensor, mask: torch.Tensor | None = None):
+    """While active, add `vector` (d,) to the hookpoint's activations: at every position of each forward
+    call, or where `mask` (B, T) is 1 (a full forward of padded sequences)."""
     module, where = site_module(model, hookpoint)
 
     def shift(x):
-        if isinstance(x, tuple):
-            return (x[0] + vector.to(x[0].dtype), *x[1:])
-        return x + vector.to(x.dtype)
+        h = x[0] if isinstance(x, tuple) else x  # (B, T, d)
+        add = vector.to(h.dtype) if mask is None else mask[..., None].to(h.dtype) * vector.to(h.dtype)
+        return (h + add, *x[1:]) if isinstance(x, tuple) else h + add
 
     if where == "input":
         handle = module.register_forward_pre_hook(lambda _m, args: shift(args))

@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from interpflow.activations import hidden_states, parse_hookpoint, site_module
+from interpflow.activations import add_at, hidden_states, parse_hookpoint
 from interpflow.intervention_inputs import (
     Prompt,
     check_cfg,
@@ -37,7 +37,7 @@ from interpflow.intervention_inputs import (
     latent_prompts,
     shuffled_donors,
 )
-from interpflow.metrics import NO_USAGE, metric_columns
+from interpflow.metrics import NO_USAGE, NOT_SAMPLED, metric_columns
 from interpflow.store import read_parquet, write_parquet
 
 log = logging.getLogger(__name__)
@@ -55,27 +55,6 @@ PREDICTION_COLUMNS = (
 METRIC_COLUMNS = metric_columns(
     "alpha", "kl", "resid_norm", "score_random_direction", "score_shuffled", "alpha_random", "kl_random"
 )
-
-
-@contextlib.contextmanager
-def steer(model: torch.nn.Module, hookpoint: str, vector: torch.Tensor, mask: torch.Tensor | None = None):
-    """While active, add `vector` (d,) to the hookpoint's activations: at every position of each forward
-    call, or where `mask` (B, T) is 1 (a full forward of padded sequences)."""
-    module, where = site_module(model, hookpoint)
-
-    def shift(x):
-        h = x[0] if isinstance(x, tuple) else x  # (B, T, d)
-        add = vector.to(h.dtype) if mask is None else mask[..., None].to(h.dtype) * vector.to(h.dtype)
-        return (h + add, *x[1:]) if isinstance(x, tuple) else h + add
-
-    if where == "input":
-        handle = module.register_forward_pre_hook(lambda _m, args: shift(args))
-    else:
-        handle = module.register_forward_hook(lambda _m, _args, out: shift(out))
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 def device_of(model: torch.nn.Module) -> torch.device:
@@ -126,7 +105,7 @@ def continuations(
     past = model(input_ids=torch.tensor([prompt[:-1]] * n, device=dev), use_cache=True).past_key_values
     x, gen, out = torch.tensor([[prompt[-1]]] * n, device=dev), torch.Generator().manual_seed(seed), []
     for _ in range(c["max_new_tokens"]):
-        with steer(model, *steering) if steering else contextlib.nullcontext():
+        with add_at(model, *steering) if steering else contextlib.nullcontext():
             o = model(input_ids=x, past_key_values=past, use_cache=True)  # x: (S, 1)
         past, logits = o.past_key_values, o.logits[:, -1].float().cpu()  # logits: (S, V)
         if c["temperature"] > 0:
@@ -233,7 +212,7 @@ def clean_run(model, tokenizer, hookpoint: str, prompts: list[Prompt], c: dict, 
 
 def mean_kl(s: Clean, vector: torch.Tensor) -> float:
     """Mean KL(clean || steered by `vector`) over the clean continuations' sampled positions, nats."""
-    with steer(s.model, s.hookpoint, vector, s.mask):
+    with add_at(s.model, s.hookpoint, vector, s.mask):
         logp = next_logprobs(s.model, s.seqs, s.spans)  # (N, V)
     return float(F.kl_div(logp, s.logp, log_target=True, reduction="sum")) / len(logp)
 
@@ -360,7 +339,7 @@ def score_latents(
         lat, rows, norm = int(lat), None, np.nan
         why = f"no_explanation: {status}" if status != "ok" else "no_explanation: empty"
         if lat in ok and len(frames) >= cap:  # the expensive scorer on a sample: the first max_latents
-            why = "not_sampled"
+            why = NOT_SAMPLED
         elif lat in ok:
             rng = np.random.default_rng(np.random.SeedSequence([c["seed"], lat]))
             mine = by_latent.get(lat, examples.iloc[:0])

@@ -39,36 +39,33 @@ def _ordered(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.sort_values("kind", key=lambda s: s.map(lambda k: rank.get(k, len(rank))), kind="stable")
 
 
+def _markdown(header: list[str], rows: list[list]) -> str:
+    """A Markdown table: the header, the rule, one line per row of already formatted cells."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
+
+
 def paired_table(comparisons: pd.DataFrame) -> str:
     """Markdown: per scorer, LLM median, random median, the paired median difference, its interval, p."""
     rows = comparisons[(comparisons["comparison"] == "paired") & (comparisons["metric"] == "score")]
     rows = _ordered(rows[rows["explainer_kind_b"] == "random"])
-    lines = [
-        "| scorer | explainer | pairs | explainer median | random median | median difference | 95% interval "
-        "| Wilcoxon p |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows.itertuples(index=False):
-        lines.append(
-            f"| {r.scorer} | {r.explainer_a} | {r.n_pairs} | {_num(r.median_a)} | {_num(r.median_b)} | "
-            f"{_num(r.median_difference)} | {_interval(r.ci_low, r.ci_high)} | {_p(r.p_value)} |"
-        )
-    return "\n".join(lines)
+    header = ["scorer", "explainer", "pairs", "explainer median", "random median", "median difference",
+              "95% interval", "Wilcoxon p"]  # fmt: skip
+    cells = [
+        [r.scorer, r.explainer_a, r.n_pairs, _num(r.median_a), _num(r.median_b), _num(r.median_difference),
+         _interval(r.ci_low, r.ci_high), _p(r.p_value)]
+        for r in rows.itertuples(index=False)
+    ]  # fmt: skip
+    return _markdown(header, cells)
 
 
 def medians_table(aggregates: pd.DataFrame) -> str:
     """Markdown: per scorer and explainer, latents ok / skipped / failed and the median with its interval."""
     rows = _ordered(aggregates[aggregates["metric"] == "score"])
-    lines = [
-        "| scorer | explainer | latents | ok | skipped | failed | median | 95% interval |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows.itertuples(index=False):
-        lines.append(
-            f"| {r.scorer} | {r.explainer} | {r.latents} | {r.ok} | {r.skipped} | {r.failed} | "
-            f"{_num(r.median)} | {_interval(r.ci_low, r.ci_high)} |"
-        )
-    return "\n".join(lines)
+    header = ["scorer", "explainer", "latents", "ok", "skipped", "failed", "median", "95% interval"]
+    cells = [[r.scorer, r.explainer, r.latents, r.ok, r.skipped, r.failed, _num(r.median),
+              _interval(r.ci_low, r.ci_high)] for r in rows.itertuples(index=False)]  # fmt: skip
+    return _markdown(header, cells)
 
 
 def floors_table(aggregates: pd.DataFrame) -> str:
@@ -78,13 +75,9 @@ def floors_table(aggregates: pd.DataFrame) -> str:
     med = rows[rows["metric"].isin(wanted)].pivot_table(index="explainer", columns="metric", values="median")
     if med.empty:
         return ""
-    lines = [
-        "| intervention | explanation, steered | random direction | shuffled explanation |",
-        "|---|---|---|---|",
-    ]
-    for name, r in med.iterrows():
-        lines.append(f"| {name} | " + " | ".join(_num(r.get(m, float("nan"))) for m in wanted) + " |")
-    return "\n".join(lines)
+    header = ["intervention", "explanation, steered", "random direction", "shuffled explanation"]
+    cells = [[name, *(_num(r.get(m, float("nan"))) for m in wanted)] for name, r in med.iterrows()]
+    return _markdown(header, cells)
 
 
 _TOOK = re.compile(r"step took ([0-9.]+) s")
@@ -118,10 +111,9 @@ def stage_seconds(logs_dir: str | Path) -> pd.DataFrame:
 def timing_table(logs_dir: str | Path) -> str:
     """Markdown: per stage, jobs and minutes; and the total (the steps' own time, run one after another)."""
     t = stage_seconds(logs_dir)
-    lines = ["| stage | jobs | minutes |", "|---|---|---|"]
-    lines += [f"| {r.stage} | {r.jobs} | {r.seconds / 60:.1f} |" for r in t.reset_index().itertuples()]
-    lines.append(f"| total | {int(t['jobs'].sum())} | {t['seconds'].sum() / 60:.1f} |")
-    return "\n".join(lines)
+    cells = [[r.stage, r.jobs, f"{r.seconds / 60:.1f}"] for r in t.reset_index().itertuples()]
+    cells.append(["total", int(t["jobs"].sum()), f"{t['seconds'].sum() / 60:.1f}"])
+    return _markdown(["stage", "jobs", "minutes"], cells)
 
 
 def results_block(summary_dir: str | Path, logs_dir: str | Path | None = None) -> str:

@@ -20,7 +20,7 @@ import pandas as pd
 
 from interpflow import prompts
 from interpflow.llm import raise_on_outage
-from interpflow.metrics import METRIC_COLUMNS, latent_metrics
+from interpflow.metrics import METRIC_COLUMNS, NOT_SAMPLED, latent_metrics
 from interpflow.sampling import select_test_examples
 from interpflow.store import atomic_path, read_parquet, write_parquet
 
@@ -188,7 +188,6 @@ def scorable_latents(
 
 
 METHODS = ("auto", "slots", "reply")
-NOT_SAMPLED = "not_sampled"
 
 
 def choose_method(cfg: dict, supports_slots: bool) -> str:

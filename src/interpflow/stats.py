@@ -10,6 +10,8 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from interpflow.metrics import NOT_SAMPLED
+
 SUBJECT = ["corpus", "model", "hookpoint", "dictionary", "sampler", "explainer"]
 PAIR = ["corpus", "model", "hookpoint", "dictionary", "sampler", "scorer", "kind", "metric"]
 """What a paired comparison holds fixed: everything but the explainer (the same latents, the same windows)."""
@@ -17,7 +19,7 @@ NOT_METRICS = {"latent", "n", "n_failed", "prompt_tokens", "completion_tokens", 
 BASELINES = ("random", "top-tokens")
 """Explainer kinds that are baselines; every other explainer (llm, or explanations from a file such as an
 oracle's) is compared with each of them."""
-SKIPPED = ("no_explanation: skipped", "no_test_examples", "constant_truth", "not_sampled")
+SKIPPED = ("no_explanation: skipped", "no_test_examples", "constant_truth", NOT_SAMPLED)
 """Statuses of latents a scorer was never meant to score (the sampler skipped them, no test windows, or
 activations constant over the test windows); every other status but "ok" is a failure."""
 
