@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from interpflow.config import check_config, layer_below, run_combinations, wants_gpu
+from interpflow.config import Untracked, split_transport, used_config
 from interpflow.config import layer_pairs as config_layer_pairs
 
 check_config(config)
@@ -166,11 +167,29 @@ def partner_matches(w):
 
 
 def with_budget(entry):
-    """An explainer or scorer entry whose llm block carries the run's budget, when one is set."""
+    """An explainer or scorer entry whose llm block carries the run's budget, when one is set, without its
+    transport settings (api_base, timeouts, ...): those go to the job untracked (`transport_of`), so
+    changing them never reruns it and deletes a finished output."""
     budget = {k: v for k, v in config["budget"].items() if v is not None}
+    entry = split_transport(entry)[0]
     if not (budget and entry.get("llm")):
         return entry
     return dict(entry, llm=dict(entry["llm"], budget=budget))
+
+
+def transport_of(entry):
+    """The entry's LLM transport settings, as a param Snakemake does not compare."""
+    return split_transport(entry)[1]
+
+
+def estimate_params():
+    """The estimate's config (only the entries runs use) untracked, and a short digest of it that is tracked:
+    a change reruns the estimate, and the reason line names a digest instead of printing the config."""
+    import hashlib, json
+
+    used = used_config(config)
+    digest = hashlib.sha256(json.dumps(used, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Untracked(used), digest
 
 
 def scorer_gpu(w):

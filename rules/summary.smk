@@ -9,7 +9,8 @@ rule estimate:
     conda:
         "../envs/interpflow.yaml"
     params:
-        cfg=config,
+        cfg=estimate_params()[0],
+        digest=estimate_params()[1],
     script:
         "../workflow/scripts/estimate.py"
 

@@ -9,6 +9,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from interpflow.config import check_config, layer_below, layer_pairs, run_combinations, wants_gpu
+from interpflow.config import Untracked, split_transport, used_config, with_transport
 
 SCHEMA = str(REPO / "workflow/schemas/config.schema.yaml")
 
@@ -139,3 +140,28 @@ def test_layer_pairs_and_the_layer_below():
 def test_gpu_is_declared_only_for_cuda_devices():
     assert wants_gpu("cuda") == wants_gpu("cuda:1") == 1 and wants_gpu("cpu") == 0
     assert wants_gpu("auto") == int(os.path.exists("/dev/nvidiactl"))
+
+
+def test_transport_settings_are_split_off_untracked_and_put_back():
+    entry = {"kind": "detection", "llm": {"model": "openai/gpt-4o-mini", "api_base": "http://h:1/v1",
+                                          "timeout_s": 30, "max_retries": 2, "max_tokens": 10}}  # fmt: skip
+    answers, transport = split_transport(entry)
+    assert answers == {"kind": "detection", "llm": {"model": "openai/gpt-4o-mini", "max_tokens": 10}}
+    assert transport.value == {"api_base": "http://h:1/v1", "timeout_s": 30, "max_retries": 2}
+    assert not isinstance(transport, (dict, list, str))  # Snakemake records params of builtin types only
+    assert with_transport(answers, transport) == entry and entry["llm"]["api_base"] == "http://h:1/v1"
+    assert split_transport({"kind": "embedding"}) == ({"kind": "embedding"}, Untracked({}))
+    assert with_transport({"kind": "embedding"}, Untracked({"timeout_s": 1})) == {"kind": "embedding"}
+
+
+def test_used_config_keeps_only_what_runs_use():
+    config = load()
+    config["explainers"]["unused"] = {"kind": "top-tokens"}
+    config["models"]["spare"] = dict(config["models"]["gemma3-270m"])
+    used = used_config(config)
+    assert "unused" not in used["explainers"] and "spare" not in used["models"]
+    assert set(used["explainers"]) == {"qwen-1.5b", "random", "top-tokens"}
+    assert used["runs"] == config["runs"] and used["latent_store"] == config["latent_store"]
+    config["runs"][0]["explainers"] = ["random"]  # its source is used through it
+    config["runs"] = config["runs"][:1]
+    assert set(used_config(config)["explainers"]) == {"qwen-1.5b", "random"}

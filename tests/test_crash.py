@@ -177,3 +177,23 @@ def test_no_half_written_file_is_taken_as_finished(crashed):
         assert json.loads(entry.read_text())["status"] == "ok"
     incomplete = work / ".snakemake/incomplete"
     assert not incomplete.exists() or not any(incomplete.iterdir())
+
+
+def test_a_transport_setting_changed_on_a_finished_run_deletes_nothing(uninterrupted, tmp_path):
+    """Issue 15: api_base, timeouts, retries and concurrency say how the model is reached, not what it
+    answers. Pointed at a dead port on a finished run, nothing LLM-made reruns (Snakemake would delete the
+    finished explanations first and the dead server could not replace them) and every table stays."""
+    work = tmp_path / "work"
+    shutil.copytree(uninterrupted[0], work, symlinks=True)
+    names = ["explanations-*.parquet", "metrics-*.parquet", "predictions-*.parquet"]
+    before = {p: p.read_bytes() for n in names for p in (work / "results").rglob(n)}
+    config = fake_api_config("http://127.0.0.1:9/v1")  # nothing listens there
+    for section in ("explainers", "scorers"):
+        for entry in config[section].values():
+            if "llm" in entry:
+                entry["llm"] |= {"timeout_s": 7, "max_retries": 1, "max_concurrency": 3}
+    (work / "config/config.yaml").write_text(yaml.safe_dump(config))
+    rerun = run(work)
+    assert rules_run(rerun) <= {"estimate", "summarize"}  # cheap and LLM-free; the estimate reads concurrency
+    after = {p: p.read_bytes() for n in names for p in (work / "results").rglob(n)}
+    assert len(before) >= 2 * (1 + 3 + 3) and after == before

@@ -156,3 +156,61 @@ def layer_below(
         if site_layer(h)[0] == site and site_layer(h)[1] < layer
     ]
     return max(below, key=site_layer) if below else None
+
+
+# How an LLM is reached, not what it answers (issue 15): a change of one of these must neither rerun a job
+# (Snakemake would delete its finished output first) nor miss the LLM cache.
+TRANSPORT_KEYS = ("api_base", "max_concurrency", "max_retries", "timeout_s")
+
+
+class Untracked:
+    """A rule param that Snakemake does not compare between runs (it records only params of builtin types),
+    so changing it reruns nothing; it pickles into the job's script like any param."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Untracked) and self.value == other.value
+
+    def __repr__(self) -> str:
+        return f"Untracked({self.value!r})"
+
+
+def split_transport(entry: dict) -> tuple[dict, Untracked]:
+    """An explainer or scorer entry without its llm's transport settings, and those settings, untracked."""
+    llm = entry.get("llm")
+    if not llm:
+        return entry, Untracked({})
+    answers = {k: v for k, v in llm.items() if k not in TRANSPORT_KEYS}
+    return dict(entry, llm=answers), Untracked({k: llm[k] for k in TRANSPORT_KEYS if k in llm})
+
+
+def with_transport(entry: dict, transport: Untracked | dict | None) -> dict:
+    """The entry of split_transport put back together, as the LLM client needs it."""
+    settings = transport.value if isinstance(transport, Untracked) else transport or {}
+    if not settings or not entry.get("llm"):
+        return entry
+    return dict(entry, llm=entry["llm"] | settings)
+
+
+def used_config(config: dict) -> dict:
+    """The config restricted to the named entries that some run uses (directly, as a random explainer's
+    source, or as a scorer's own model): what an estimate of the runs depends on, and nothing else."""
+    sections = ("corpora", "models", "samplers", "dictionaries", "explainers", "scorers")
+    used: dict[str, set] = {section: set() for section in sections}
+    for run in config["runs"]:
+        for key, section in RUN_NAMES.items():
+            used[section].add(run[key])
+        for key, section in RUN_LISTS.items():
+            if section:
+                used[section].update(run[key])
+    for name in list(used["explainers"]):
+        if source := config["explainers"].get(name, {}).get("source"):
+            used["explainers"].add(source)
+    used["models"].update(
+        s["scorer_model"] for n, s in config["scorers"].items() if n in used["scorers"] and s.get("scorer_model")
+    )
+    return config | {
+        section: {n: e for n, e in config[section].items() if n in names} for section, names in used.items()
+    }

@@ -350,9 +350,10 @@ class LLMClient:
         return self.model.startswith(LOCAL_PREFIX)
 
     def cache_key(self, messages: list[dict], slots: dict | None = None) -> str:
-        """sha256 of everything that determines the reply (never the API key)."""
+        """sha256 of everything that determines the reply: never the API key, nor where the model is served
+        (api_base), so the same model behind another host or port answers from the cache."""
         request = {
-            "model": self.model, "api_base": self.api_base, "messages": messages,
+            "model": self.model, "messages": messages,
             "temperature": self.temperature, "max_tokens": self.max_tokens, "seed": self.seed,
             "logprobs": self.logprobs, "top_logprobs": self.top_logprobs if self.logprobs else None,
             "extra": self.extra,

@@ -1,3 +1,4 @@
+from interpflow.config import with_transport
 from interpflow.scorers import run_score
 from interpflow.simulation import run_simulation
 from interpflow.steps import logged
@@ -7,7 +8,7 @@ with logged(snakemake.log[0], threads=snakemake.threads):
     run(
         snakemake.input.examples,
         snakemake.input.explanations,
-        snakemake.params.cfg,
+        with_transport(snakemake.params.cfg, snakemake.params.transport),
         snakemake.output.predictions,
         snakemake.output.metrics,
         cache_dir=snakemake.params.cache_dir,
