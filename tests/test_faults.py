@@ -153,7 +153,7 @@ def test_clean_run_scores_every_latent_with_logprobs(data, server):
     assert (sim_preds["status"] == "ok").all() and sim_preds["expected"].all()
 
 
-@pytest.mark.parametrize("fault", ["500", "429", "drop", "hang", "malformed"])
+@pytest.mark.parametrize("fault", ["500", "429", "drop", "hang", "malformed", "empty"])
 def test_retryable_faults_are_retried_and_succeed(data, server, fault):
     server.inject(fault, fault)  # the first two requests fail, whichever prompts they carry
     expl = explain(data, server, data / "cache")
@@ -169,14 +169,14 @@ def test_rate_limit_waits_as_long_as_retry_after_says(data, caplog):
     assert "in 0.25s" in caplog.text  # not the 0.001 s backoff
 
 
-@pytest.mark.parametrize(("fault", "tries"), [("500", 3), ("drop", 3), ("malformed", 3), ("empty", 1)])
+@pytest.mark.parametrize(("fault", "tries"), [("500", 3), ("drop", 3), ("malformed", 3), ("empty", 3)])
 def test_persistent_explainer_fault_ends_as_failure_row(data, server, fault, tries):
     server.fail_when(of(8), fault)
     expl = explain(data, server, data / "cache")
     assert list(expl["status"]) == ["ok", "llm_error", "ok", "skipped"]
     row = expl.set_index("latent").loc[8]
     assert pd.isna(row["explanation"]) and pd.isna(row["completion"]) and row["error"]
-    assert server.count(of(8)) == tries  # max_retries=2: three attempts, an empty reply is not retried
+    assert server.count(of(8)) == tries  # max_retries=2: three attempts (an empty reply: MAX_EMPTY_RETRIES + 1)
     preds, metrics = score(data, server, data / "cache")
     check_complete(expl, preds, metrics)
     assert list(metrics["status"]) == ["ok", "no_explanation: llm_error", "ok", "no_explanation: skipped"]

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from interpflow.llm import LLMClient, _litellm, _retry_after, is_retryable, scrub
+from interpflow.llm import MAX_EMPTY_RETRIES, LLMClient, _litellm, _retry_after, is_retryable, scrub
 
 litellm = _litellm()
 from litellm.llms.custom_llm import CustomLLMError  # noqa: E402
@@ -143,7 +143,9 @@ def test_empty_reply_is_an_error(stub, tmp_path):
     c = client(tmp_path)
     assert c.complete_many([ask("x")])[0].error == "empty reply"
     assert c.complete_many([ask("x")])[0].status == "error"
-    assert s.calls == 2  # not cached
+    assert s.calls == 2 * (1 + MAX_EMPTY_RETRIES)  # asked again a bounded number of times, never cached
+    assert client(tmp_path, max_retries=0).complete_many([ask("z")])[0].error == "empty reply"
+    assert s.calls == 2 * (1 + MAX_EMPTY_RETRIES) + 1  # max_retries bounds it too
 
 
 def test_concurrency_is_bounded_and_order_kept(stub):

@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 LOCAL_PREFIX = "local/"
 MAX_BACKOFF_S = 60.0
+EMPTY_REPLY = "empty reply"  # the error of a reply without text
+MAX_EMPTY_RETRIES = 2  # asked again at most this often (and never more than max_retries)
 MAX_RETRY_AFTER_S = 300.0
 RETRYABLE_STATUS = {408, 409, 429}
 BUDGET_KEYS = ("max_usd", "max_tokens", "ledger")
@@ -477,7 +479,7 @@ class LLMClient:
         )
         choice = response.choices[0]
         text = getattr(choice.message, "content", None)
-        ok, error = bool(text and text.strip()), "empty reply"
+        ok, error = bool(text and text.strip()), EMPTY_REPLY
         slot_lps = getattr(response, "slot_logprobs", None) if slots is not None else None
         if slots is not None and (slot_lps is None or len(slot_lps) != len(slots["offsets"])):
             ok, error = False, f"the provider returned no logprobs for the {len(slots['offsets'])} slots"
@@ -523,11 +525,25 @@ class LLMClient:
 
         With `slots` ({"offsets": [...], "candidates": [...]}: see slot_logprobs_many) the reply is the
         next-token logprobs of the candidates at those places of the last (assistant) message instead.
+        An empty reply (a transient fault of some servers) is asked again, at most MAX_EMPTY_RETRIES times.
         """
         start = time.perf_counter()
         key = self.cache_key(messages, slots)
         if (hit := self._cache_get(key, start)) is not None:
             return hit
+        # an in-process model is deterministic: asking it again would give the same empty reply
+        retries = 0 if self.is_local else min(self.max_retries, MAX_EMPTY_RETRIES)
+        for attempt in range(retries + 1):
+            completion = await self._attempt(messages, slots)
+            if completion.error != EMPTY_REPLY:
+                break
+            if attempt < retries:
+                log.info("empty reply from %s; asking again (%d/%d)", self.model, attempt + 1, retries)
+        await asyncio.to_thread(self._cache_put, key, completion)  # file I/O off the event loop
+        return completion
+
+    async def _attempt(self, messages: list[dict], slots: dict | None) -> Completion:
+        """One request to the provider within the concurrency bound (its own retries on transport errors)."""
         async with self._semaphore():
             start = time.perf_counter()  # latency of the call itself, not of waiting for a slot
             if (reason := self._over_budget()) is not None:  # checked per request: other processes spend too
@@ -543,14 +559,13 @@ class LLMClient:
                 log.warning("%s request failed: %s", self.model, _error_text(exc, 200))
                 return self._failure("error", _error_text(exc), time.perf_counter() - start)
             latency = time.perf_counter() - start
-        # the slot is free again: reading and storing the reply is not a request to the provider
+        # the slot is free again: reading the reply is not a request to the provider
         try:
             completion = self._to_completion(response, latency, slots)
         except Exception as exc:  # a response litellm accepted but that holds no usable choice
             log.warning("%s sent an unreadable response: %s", self.model, _error_text(exc, 200))
             return self._failure("error", _error_text(exc), latency)
         self._spent(completion)
-        await asyncio.to_thread(self._cache_put, key, completion)  # file I/O off the event loop
         return completion
 
     async def _gather(
