@@ -194,6 +194,6 @@ def test_a_transport_setting_changed_on_a_finished_run_deletes_nothing(uninterru
                 entry["llm"] |= {"timeout_s": 7, "max_retries": 1, "max_concurrency": 3}
     (work / "config/config.yaml").write_text(yaml.safe_dump(config))
     rerun = run(work)
-    assert rules_run(rerun) <= {"estimate", "summarize"}  # cheap and LLM-free; the estimate reads concurrency
+    assert rules_run(rerun) <= {"all", "estimate", "summarize"}  # LLM-free; the estimate reads concurrency
     after = {p: p.read_bytes() for n in names for p in (work / "results").rglob(n)}
     assert len(before) >= 2 * (1 + 3 + 3) and after == before
