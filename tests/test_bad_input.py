@@ -544,6 +544,10 @@ CONFIG_CASES = [
     ),
     pytest.param("models.smollm2", {"source": "gguf"}, ["models.smollm2.path"], id="model-path-missing"),
     pytest.param("runs", None, ["'runs' is a required property"], id="runs-missing"),
+    pytest.param(
+        "samplers.small.latents", {"n": 1000}, ["samplers.small.latents.n: 1000 is more than the 64 latents"],
+        id="latents-n-above-a-shard",
+    ),
 ]
 
 

@@ -78,6 +78,7 @@ def _dictionary_problems(config: dict) -> list[str]:
             ]
     for i, run in enumerate(config["runs"]):
         for name in run["dictionaries"]:
+            problems += _latents_n_problems(config, run["sampler"], name)
             kind = config["dictionaries"].get(name, {}).get("kind")
             wrong = [h for h in run["hookpoints"] if kind == "neurons" and not h.startswith("mlp_act.")]
             if wrong:
@@ -86,6 +87,19 @@ def _dictionary_problems(config: dict) -> list[str]:
                     f"not {wrong}"
                 )
     return problems
+
+
+def _latents_n_problems(config: dict, sampler: str, dictionary: str) -> list[str]:
+    """latents.n above what a shard holds: a typo that would explain and judge every latent (issue 15)."""
+    n = config["samplers"].get(sampler, {}).get("latents", {}).get("n")
+    d = config["dictionaries"].get(dictionary)
+    if n is None or d is None:
+        return []
+    per_shard = min(d["width"], d.get("shard_size") or config["latent_store"]["shard_size"])
+    if n <= per_shard:
+        return []
+    return [f"samplers.{sampler}.latents.n: {n} is more than the {per_shard} latents a shard of dictionary "
+            f"'{dictionary}' holds; it counts latents per shard (null explains every latent)"]  # fmt: skip
 
 
 def run_combinations(config: dict) -> Iterator[dict[str, str]]:
