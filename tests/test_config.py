@@ -8,8 +8,17 @@ from conftest import REPO
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from interpflow.config import check_config, layer_below, layer_pairs, run_combinations, wants_gpu
-from interpflow.config import Untracked, split_transport, used_config, with_transport
+from interpflow.config import (
+    Untracked,
+    check_config,
+    layer_below,
+    layer_pairs,
+    run_combinations,
+    split_transport,
+    used_config,
+    wants_gpu,
+    with_transport,
+)
 
 SCHEMA = str(REPO / "workflow/schemas/config.schema.yaml")
 

@@ -84,3 +84,13 @@ def test_empty_corpus_is_a_clear_error(tmp_path, smollm2_spec):
     with pytest.raises(ValueError, match="fewer tokens than one context"):
         build_tokens(cfg, smollm2_spec, tmp_path / "tokens.h5")
     assert not (tmp_path / "tokens.h5").exists()
+
+
+@pytest.mark.parametrize(("source", "byte"), [("text", 3), ("jsonl", 13)])
+def test_a_corpus_file_that_is_not_utf8_is_named(tmp_path, source, byte):
+    path = tmp_path / f"latin1.{source}"
+    body = "Caf\u00e9 au lait\n\nna\u00efve" if source == "text" else '{"text": "Caf\u00e9"}\n'
+    path.write_bytes(body.encode("latin-1"))
+    named = rf"corpora\.\*\.path: corpus file .*latin1\.{source} is not UTF-8 text \(byte {byte}:"
+    with pytest.raises(ValueError, match=named):
+        file_texts(str(path), source, "text")

@@ -176,7 +176,7 @@ def test_persistent_explainer_fault_ends_as_failure_row(data, server, fault, tri
     assert list(expl["status"]) == ["ok", "llm_error", "ok", "skipped"]
     row = expl.set_index("latent").loc[8]
     assert pd.isna(row["explanation"]) and pd.isna(row["completion"]) and row["error"]
-    assert server.count(of(8)) == tries  # max_retries=2: three attempts (an empty reply: MAX_EMPTY_RETRIES + 1)
+    assert server.count(of(8)) == tries  # max_retries=2: three attempts (empty: 1 + MAX_EMPTY_RETRIES)
     preds, metrics = score(data, server, data / "cache")
     check_complete(expl, preds, metrics)
     assert list(metrics["status"]) == ["ok", "no_explanation: llm_error", "ok", "no_explanation: skipped"]

@@ -96,7 +96,8 @@ def test_cache_key_depends_on_the_request(tmp_path):
     assert c.cache_key(ask("a")) != client(tmp_path, logprobs=True).cache_key(ask("a"))
     assert c.cache_key(ask("a")) != client(tmp_path, max_tokens=5).cache_key(ask("a"))
     # where and how the model is reached does not change its answer (issue 15): the cache serves it
-    moved = client(tmp_path, api_base="http://elsewhere:8000/v1", timeout_s=3, max_retries=0, max_concurrency=9)
+    moved = client(tmp_path, api_base="http://elsewhere:8000/v1", timeout_s=3, max_retries=0,
+                   max_concurrency=9)  # fmt: skip
     assert moved.cache_key(ask("a")) == c.cache_key(ask("a"))
 
 

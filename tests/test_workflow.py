@@ -46,8 +46,24 @@ def tiny(tmp_path_factory, qwen_gguf):
             if "llm" in entry:
                 entry["llm"]["gguf"] = str(qwen_gguf)
     (work / "config/config.yaml").write_text(yaml.safe_dump(config))
-    snakemake(work)
+    result = snakemake(work)
+    (work / "run.out").write_text(result.stdout + result.stderr)  # the terminal of the run
     return work, config
+
+
+def test_terminal_shows_snakemake_not_the_llm_library(tiny):
+    """Issue 15: litellm's per-request lines go to the step's log at WARNING, not to the terminal."""
+    out = (tiny[0] / "run.out").read_text()
+    assert "rule explain:" in out and "steps (100%) done" in out
+    assert not [line for line in out.splitlines() if "litellm" in line.lower()]
+
+
+def test_an_entry_no_run_uses_reruns_nothing(tiny):
+    work, config = tiny
+    changed = yaml.safe_load(yaml.safe_dump(config))
+    changed["explainers"]["spare"] = {"kind": "top-tokens", "n_tokens": 3}
+    changed["scorers"]["spare-fuzzing"] = dict(changed["scorers"]["fuzzing"], examples_per_prompt=1)
+    assert planned_jobs(work, changed) == []
 
 
 def test_full_run_produces_every_output(tiny):

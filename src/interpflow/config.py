@@ -222,9 +222,8 @@ def used_config(config: dict) -> dict:
     for name in list(used["explainers"]):
         if source := config["explainers"].get(name, {}).get("source"):
             used["explainers"].add(source)
-    used["models"].update(
-        s["scorer_model"] for n, s in config["scorers"].items() if n in used["scorers"] and s.get("scorer_model")
-    )
+    scorers = [config["scorers"][n] for n in used["scorers"] if n in config["scorers"]]
+    used["models"].update(s["scorer_model"] for s in scorers if s.get("scorer_model"))
     return config | {
         section: {n: e for n, e in config[section].items() if n in names} for section, names in used.items()
     }

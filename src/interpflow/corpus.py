@@ -27,10 +27,22 @@ def wiki_offline_texts() -> list[str]:
     return [e["extract"] for e in entries.values() if e.get("extract")]
 
 
+def read_utf8(p: Path) -> str:
+    """The text of a corpus file, or an error naming the file, the byte and the key when it is not UTF-8."""
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        bad = exc.object[exc.start : exc.start + 4]
+        raise ValueError(
+            f"corpora.*.path: corpus file {p} is not UTF-8 text (byte {exc.start}: {bad!r}); convert it, "
+            "e.g. with iconv -f latin1 -t utf-8"
+        ) from None
+
+
 def jsonl_rows(p: Path) -> list[dict]:
     """The records of a JSON-lines file, naming the file and line of one that is not JSON."""
     rows = []
-    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+    for i, line in enumerate(read_utf8(p).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -46,7 +58,7 @@ def file_texts(path: str, source: str, field: str) -> list[str]:
     if not p.is_file():
         raise FileNotFoundError(f"corpora.*.path: corpus file not found: {p}")
     if source == "text":
-        texts = [t.strip() for t in p.read_text(encoding="utf-8").split("\n\n") if t.strip()]
+        texts = [t.strip() for t in read_utf8(p).split("\n\n") if t.strip()]
     else:
         if source == "jsonl":
             rows = jsonl_rows(p)
