@@ -12,6 +12,11 @@ from pathlib import Path
 log = logging.getLogger("interpflow")
 
 
+# The errors our steps raise on purpose, each naming the config key or file at fault (anything else is a bug
+# and keeps its traceback on the terminal).
+ANTICIPATED = (ValueError, OSError, RuntimeError)
+
+
 @contextlib.contextmanager
 def logged(log_path: str | os.PathLike, threads: int | None = None) -> Iterator[None]:
     """Send logging and stderr (tqdm bars, warnings) to a step's log file; log the traceback on failure."""
@@ -31,6 +36,9 @@ def logged(log_path: str | os.PathLike, threads: int | None = None) -> Iterator[
         start = time.perf_counter()
         try:
             yield
+        except ANTICIPATED as exc:  # a named problem: one line on the terminal, the traceback in the log
+            log.exception("step failed")
+            raise SystemExit(f"{type(exc).__name__}: {exc}\n(traceback in {log_path})") from None
         except Exception:
             log.exception("step failed")
             raise
