@@ -352,12 +352,13 @@ def test_an_outage_fails_the_step_and_writes_nothing(data, server):
     """Every request failing (a dead server, a bad key) is not a result: the step raises, writes nothing, and
     so Snakemake reruns it next time; the next run with the server back sends every prompt."""
     server.fail_when(lambda body: True, "500")
-    with pytest.raises(RuntimeError, match="all 3 LLM requests of this explain step failed"):
+    with pytest.raises(RuntimeError, match="all 3 LLM requests of this explain step") as info:
         explain(data, server, data / "cache")
+    assert f"to '{MODEL}' at {server.url} failed" in str(info.value) and "llm.api_base" in str(info.value)
     assert not (data / "explanations.parquet").exists()
     server.clear()
     assert list(explain(data, server, data / "cache")["status"]) == ["ok", "ok", "ok", "skipped"]
     server.fail_when(lambda body: True, "drop")
-    with pytest.raises(RuntimeError, match="detection step failed"):
+    with pytest.raises(RuntimeError, match=r"detection step to .* failed \(check the detection entry's llm"):
         score(data, server, data / "cache")
     assert not (data / "detection" / "metrics.parquet").exists()

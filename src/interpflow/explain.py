@@ -223,11 +223,11 @@ def run_explain(
     if client is None:
         from interpflow.llm import LLMClient
 
-        with LLMClient.from_config(cfg["llm"], cache_dir=cache_dir, local_gguf=local_gguf) as owned:
-            out = explain_latents(examples, latents, cfg, owned)
+        with LLMClient.from_config(cfg["llm"], cache_dir=cache_dir, local_gguf=local_gguf) as client:
+            out = explain_latents(examples, latents, cfg, client)
     else:
         out = explain_latents(examples, latents, cfg, client)
-    raise_on_outage(out, "explain")
+    raise_on_outage(out, "explain", client)
     write_parquet(out, out_path)
     counts = out["status"].value_counts().to_dict()
     log.info(

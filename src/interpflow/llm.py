@@ -266,15 +266,19 @@ def check_credentials(model: str, api_base: str | None = None) -> None:
         )
 
 
-def raise_on_outage(table, what: str) -> None:
+def raise_on_outage(table, what: str, client: LLMClient | None = None) -> None:
     """Fail a step, writing nothing, when every LLM request it made failed (the budget aside): that is an
     outage or a wrong setting, not a result; a failed job is rerun next time, a written one is not."""
     asked = table[table["status"].isin(["ok", "parse_error", "llm_error"])]
     errors = asked["error"].fillna("").astype(str)
     if len(asked) and (asked["status"] == "llm_error").all() and not errors.str.startswith("budget").any():
+        to = "" if client is None else f" to {client.model!r}"
+        if client is not None and client.api_base:
+            to += f" at {client.api_base}"
         raise RuntimeError(
-            f"all {len(asked)} LLM requests of this {what} step failed; nothing was written, so rerunning "
-            f"retries it. First error: {errors.iloc[0]}"
+            f"all {len(asked)} LLM requests of this {what} step{to} failed (check the {what} entry's "
+            f"llm.model, llm.api_base and API key); nothing was written, so rerunning retries it. "
+            f"First error: {errors.iloc[0]}"
         )
 
 
