@@ -157,10 +157,13 @@ def test_rare_and_dead_latents_are_skipped(world, sampled):
     assert sorted(set(examples.latent)) == [10, 13, 14]
 
 
-def test_short_latent_with_low_threshold_keeps_splits_disjoint(world):
+def test_short_latent_with_low_threshold_keeps_splits_disjoint(world, caplog):
     tokens, vocab, _, shard = world
     cfg = CFG | {"min_activations": 5, "n_train": 5}
-    examples, latents = sample_examples(tokens, vocab, shard, cfg, [11])
+    with caplog.at_level("WARNING", "interpflow.sampling"):
+        examples, latents = sample_examples(tokens, vocab, shard, cfg, [11])
+    assert "n_train + n_test = 25 activating windows, but the most any of these 1 latents has is 7" \
+        in caplog.text
     act = examples[examples.activating]
     assert latents.status.tolist() == ["ok"]
     assert (act.split == "train").sum() == 5 and (act.split == "test").sum() == 2

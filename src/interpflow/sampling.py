@@ -443,6 +443,7 @@ def sample_examples(
     )
     table = pd.DataFrame(status, columns=LATENT_COLUMNS)
     table = table.astype({"latent": np.int64, "n_activations": np.int64, "n_activating_windows": np.int64})
+    _warn_if_short(table, s)
     n_skipped = int((table.status != "ok").sum())
     n_hard_rows = int((examples["negative"] == "hard").sum())
     log.info(
@@ -490,6 +491,19 @@ def select_test_examples(
             sub = sub.iloc[np.sort(rng.choice(len(sub), size=int(cap), replace=False))]
         parts.append(sub)
     return pd.concat(parts)
+
+
+def _warn_if_short(table: pd.DataFrame, s: dict[str, int]) -> None:
+    """Say so when no sampled latent has the activating windows n_train + n_test ask for (issue 15): every
+    latent then gets fewer explanation and test examples than the config says."""
+    windows = table.loc[table["status"] == "ok", "n_activating_windows"]
+    want = s["n_train"] + s["n_test"]
+    if len(windows) and windows.max() < want:
+        log.warning(
+            "n_train + n_test = %d activating windows, but the most any of these %d latents has is %d: each "
+            "gets fewer examples than configured (lower n_train / n_test, or use a larger corpus)",
+            want, len(windows), int(windows.max()),
+        )  # fmt: skip
 
 
 def _skip_reason(n_act: int, need: int) -> str:
