@@ -177,9 +177,13 @@ def with_budget(entry):
     return dict(entry, llm=dict(entry["llm"], budget=budget))
 
 
-def transport_of(entry):
-    """The entry's LLM transport settings, as a param Snakemake does not compare."""
-    return split_transport(entry)[1]
+def transport_of(entry, threads):
+    """The entry's LLM transport settings, as a param Snakemake does not compare; an in-process model runs
+    on the job's threads (llama.cpp would pick its own count: half the host's cores for generation)."""
+    transport = split_transport(entry)[1]
+    if entry["llm"]["model"].startswith("local/"):
+        transport.value["n_threads"] = threads
+    return transport
 
 
 def estimate_params():

@@ -17,7 +17,7 @@ rule explain:
         mem_mb=lambda w, attempt: 6000 * attempt,
     params:
         cfg=lambda w: with_budget(config["explainers"][w.explainer]),
-        transport=lambda w: transport_of(config["explainers"][w.explainer]),
+        transport=lambda w, threads: transport_of(config["explainers"][w.explainer], threads),
         cache_dir=config["llm_cache"],
     script:
         "../workflow/scripts/explain.py"

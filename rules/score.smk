@@ -19,7 +19,7 @@ rule score:
         mem_mb=lambda w, attempt: 6000 * attempt,
     params:
         cfg=lambda w: with_budget(dict(config["scorers"][w.scorer], name=w.scorer)),
-        transport=lambda w: transport_of(config["scorers"][w.scorer]),
+        transport=lambda w, threads: transport_of(config["scorers"][w.scorer], threads),
         cache_dir=config["llm_cache"],
     script:
         "../workflow/scripts/score.py"

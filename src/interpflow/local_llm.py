@@ -160,7 +160,10 @@ class LocalChatModel:
         if not path.is_file():
             raise FileNotFoundError(f"local model GGUF not found: {path}")
         # logits_all=False: we read only the last row of logits ourselves (n_ctx x vocab floats otherwise).
-        self.llm = Llama(str(path), n_ctx=n_ctx, n_threads=n_threads, logits_all=False, verbose=False)
+        # n_threads (the job's threads) for prompts too; None leaves llama.cpp's own choice (half the host's
+        # cores for generation, all of them for prompts), which oversubscribes a job given fewer.
+        self.llm = Llama(str(path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
+                         logits_all=False, verbose=False)  # fmt: skip
         self.n_ctx = self.llm.n_ctx()
         self.lock = threading.Lock()  # one llama context is not thread-safe
         self.n_prompt_evaluated = 0  # cumulative, to observe KV-cache reuse
@@ -497,7 +500,8 @@ def register_local_model(
         raise ValueError(f"local/{name} is already served from {model.path}, not {gguf_path}")
     if model is None:
         model = provider.models[name] = LocalChatModel(gguf_path, n_ctx=n_ctx, n_threads=n_threads)
-        log.info("serving %s as %s/%s (n_ctx %d)", gguf_path, PROVIDER, name, model.n_ctx)
+        log.info("serving %s as %s/%s (n_ctx %d, %d threads)", gguf_path, PROVIDER, name, model.n_ctx,
+                 model.llm.n_threads)  # fmt: skip
     provider.users[name] = provider.users.get(name, 0) + 1
     return model
 
