@@ -182,6 +182,18 @@ def model_gguf_missing(w, tmp):
     return call, FileNotFoundError, ["models.*.path", "nope.gguf"], [spec, vocab]
 
 
+def model_gguf_truncated(w, tmp):
+    """A GGUF file cut off in its tensors (an interrupted download): named, not a numpy reshape error."""
+    from interpflow.models import locate_gguf, prepare_model
+
+    whole = locate_gguf({"source": "smollm2-135m-pypi"}, tmp)
+    cut = tmp / "cut.gguf"
+    cut.write_bytes(whole.read_bytes()[:3_000_000])
+    spec, vocab = tmp / "m/model.json", tmp / "m/vocab.parquet"
+    call = partial(prepare_model, {"source": "gguf", "path": str(cut)}, spec, vocab)
+    return call, ValueError, ["models.*.path", "cut.gguf", "cannot be read as a GGUF model"], [spec, vocab]
+
+
 def model_folder_missing(w, tmp):
     """A transformers model folder that does not exist."""
     from interpflow.models import prepare_model
@@ -373,6 +385,7 @@ def api_key_missing_fails_early(w, tmp):
 
 FUNCTION_CASES = [
     pytest.param(model_gguf_missing, id="model-gguf-path-missing"),
+    pytest.param(model_gguf_truncated, id="model-gguf-truncated"),
     pytest.param(model_folder_missing, id="model-folder-missing"),
     pytest.param(model_spec_missing, id="model-spec-missing"),
     pytest.param(damaged_sampling_input("tokens", truncated), id="tokens.h5-truncated-sampling"),

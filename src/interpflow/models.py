@@ -56,8 +56,14 @@ def convert_gguf(gguf: Path, out_dir: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     start = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except (ValueError, OSError, KeyError, IndexError, EOFError) as exc:  # e.g. numpy's "cannot reshape"
+        raise ValueError(
+            f"models.*.path: {gguf} cannot be read as a GGUF model (truncated or not a supported "
+            f"architecture?): {type(exc).__name__}: {str(exc)[:200]}"
+        ) from exc
     log.info("loaded %s from GGUF in %.1f s", gguf.name, time.perf_counter() - start)
     config = model.config.to_dict()
     config.pop("quantization_config", None)  # transformers refuses to save GGUF-quantised models as is
