@@ -6,10 +6,10 @@ import re
 from pathlib import Path
 
 from interpflow.config import check_config, layer_below, run_combinations, wants_gpu
-from interpflow.config import Untracked, split_transport, used_config
+from interpflow.config import Untracked, known_layers, split_transport, used_config
 from interpflow.config import layer_pairs as config_layer_pairs
 
-check_config(config)
+check_config(config, known_layers(config))
 
 PKG = "src/interpflow"
 

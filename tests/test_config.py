@@ -11,6 +11,7 @@ from snakemake.utils import validate
 from interpflow.config import (
     Untracked,
     check_config,
+    known_layers,
     layer_below,
     layer_pairs,
     run_combinations,
@@ -174,3 +175,16 @@ def test_used_config_keeps_only_what_runs_use():
     config["runs"][0]["explainers"] = ["random"]  # its source is used through it
     config["runs"] = config["runs"][:1]
     assert set(used_config(config)["explainers"]) == {"qwen-1.5b", "random"}
+
+
+def test_a_hookpoint_beyond_a_known_models_layers_is_named_before_any_job(tmp_path):
+    config = load()
+    assert known_layers(config, tmp_path) == {}  # nothing prepared yet: the job itself checks
+    (tmp_path / "models/gemma3-270m").mkdir(parents=True)
+    (tmp_path / "models/gemma3-270m/config.json").write_text('{"text_config": {"num_hidden_layers": 18}}')
+    assert known_layers(config, tmp_path) == {"gemma3-270m": 18}
+    check_config(config, {"gemma3-270m": 18})  # resid_post.9 is there
+    config["runs"][1]["hookpoints"] = ["resid_post.9", "resid_post.18"]
+    with pytest.raises(ValueError, match=r"runs\[1\]\.hookpoints: \['resid_post\.18'\] beyond the 18 layers "
+                                         r"\(0-17\) of model 'gemma3-270m'"):  # fmt: skip
+        check_config(config, known_layers(config, tmp_path))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 RUN_LISTS = {
     "hookpoints": None,
@@ -17,9 +19,10 @@ LLM_SCORERS = ("detection", "fuzzing", "simulation")
 RUN_NAMES = {"corpus": "corpora", "model": "models", "sampler": "samplers"}
 
 
-def check_config(config: dict) -> None:
-    """Raise one ValueError naming every run entry that refers to a name the config does not define."""
-    problems = []
+def check_config(config: dict, n_layers: dict[str, int] | None = None) -> None:
+    """Raise one ValueError naming every run entry that refers to a name the config does not define, and
+    every hookpoint beyond its model's layers where `n_layers` (known_layers) knows the model."""
+    problems = _layer_problems(config, n_layers or {})
     for i, run in enumerate(config["runs"]):
         for key, section in RUN_NAMES.items():
             if run[key] not in config[section]:
@@ -59,6 +62,35 @@ def check_config(config: dict) -> None:
             )
     if problems:
         raise ValueError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def known_layers(config: dict, results: str | os.PathLike = "results") -> dict[str, int]:
+    """Layer counts of the models whose config.json is on disk before any job runs: prepared by an earlier
+    run (results/models/<name>/), or a local Hugging Face folder."""
+    counts = {}
+    for name, model in config["models"].items():
+        local = model["source"] == "hf" and model.get("path")
+        path = (Path(model["path"]) if local else Path(results) / "models" / name) / "config.json"
+        try:
+            spec = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        n = spec.get("num_hidden_layers", (spec.get("text_config") or {}).get("num_hidden_layers"))
+        if isinstance(n, int):
+            counts[name] = n
+    return counts
+
+
+def _layer_problems(config: dict, n_layers: dict[str, int]) -> list[str]:
+    """Hookpoints whose layer the run's model does not have (issue 15: named before any job runs)."""
+    problems = []
+    for i, run in enumerate(config["runs"]):
+        n = n_layers.get(run["model"])
+        beyond = [h for h in run["hookpoints"] if n is not None and site_layer(h)[1] >= n]
+        if beyond:
+            problems.append(f"runs[{i}].hookpoints: {beyond} beyond the {n} layers (0-{n - 1}) of model "
+                            f"'{run['model']}'")  # fmt: skip
+    return problems
 
 
 def _dictionary_problems(config: dict) -> list[str]:
