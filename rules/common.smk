@@ -1,5 +1,7 @@
 import ast
 import functools
+import hashlib
+import json
 import math
 import os
 import re
@@ -189,8 +191,6 @@ def transport_of(entry, threads):
 def estimate_params():
     """The estimate's config (only the entries runs use) untracked, and a short digest of it that is tracked:
     a change reruns the estimate, and the reason line names a digest instead of printing the config."""
-    import hashlib, json
-
     used = used_config(config)
     digest = hashlib.sha256(json.dumps(used, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return Untracked(used), digest
