@@ -168,10 +168,10 @@ def partner_matches(w):
                   hookpoint_a=a, hookpoint_b=w.hookpoint)  # fmt: skip
 
 
-def with_budget(entry):
-    """An explainer or scorer entry whose llm block carries the run's budget, when one is set, without its
-    transport settings (api_base, timeouts, ...): those go to the job untracked (`transport_of`), so
-    changing them never reruns it and deletes a finished output."""
+def answers_of(entry):
+    """An explainer or scorer entry as far as it shapes the answers: its llm block without the transport
+    settings (api_base, timeouts, ...; those go to the job untracked, `transport_of`, so changing them never
+    reruns it and deletes a finished output), with the run's budget when one is set."""
     budget = {k: v for k, v in config["budget"].items() if v is not None}
     entry = split_transport(entry)[0]
     if not (budget and entry.get("llm")):
@@ -194,6 +194,9 @@ def estimate_params():
     used = used_config(config)
     digest = hashlib.sha256(json.dumps(used, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return Untracked(used), digest
+
+
+ESTIMATE_PARAMS = estimate_params()  # once per parse: the estimate rule reads both
 
 
 def scorer_gpu(w):

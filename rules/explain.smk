@@ -16,7 +16,7 @@ rule explain:
     resources:
         mem_mb=lambda w, attempt: 6000 * attempt,
     params:
-        cfg=lambda w: with_budget(config["explainers"][w.explainer]),
+        cfg=lambda w: answers_of(config["explainers"][w.explainer]),
         transport=lambda w, threads: transport_of(config["explainers"][w.explainer], threads),
         cache_dir=config["llm_cache"],
     script:

@@ -18,7 +18,7 @@ rule score:
     resources:
         mem_mb=lambda w, attempt: 6000 * attempt,
     params:
-        cfg=lambda w: with_budget(dict(config["scorers"][w.scorer], name=w.scorer)),
+        cfg=lambda w: answers_of(dict(config["scorers"][w.scorer], name=w.scorer)),
         transport=lambda w, threads: transport_of(config["scorers"][w.scorer], threads),
         cache_dir=config["llm_cache"],
     script:

@@ -9,8 +9,8 @@ rule estimate:
     conda:
         "../envs/interpflow.yaml"
     params:
-        cfg=estimate_params()[0],
-        digest=estimate_params()[1],
+        cfg=ESTIMATE_PARAMS[0],
+        digest=ESTIMATE_PARAMS[1],
     script:
         "../workflow/scripts/estimate.py"
 

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from interpflow.readme import BEGIN, END, paired_table, update_readme
+from interpflow.readme import BEGIN, END, paired_table, paired_verdict, update_readme
 from interpflow.store import write_parquet
 
 
@@ -35,6 +35,16 @@ def test_paired_table_hand_written():
     assert len(lines) == 4  # header, rule, detection then fuzzing (the paper's order), nothing else
     assert lines[2] == "| detection | qwen | 12 | 0.61 | 0.50 | 0.10 | n/a | 4.0e-04 |"
     assert lines[3] == "| fuzzing | qwen | 12 | 0.61 | 0.50 | 0.10 | [0.02, 0.20] | 0.012 |"
+
+
+def test_paired_verdict_names_only_intervals_that_exclude_zero():
+    table = comparisons()  # fuzzing [0.02, 0.20]: above; detection's interval is missing (NaN): no claim
+    assert paired_verdict(table) == "The paired interval excludes 0, above the floor: fuzzing (qwen)."
+    table.loc[0, ["ci_low", "ci_high"]] = [-0.3, -0.1]
+    assert paired_verdict(table) == "The paired interval excludes 0, below the floor: fuzzing (qwen)."
+    table.loc[0, "ci_low"] = -0.3
+    table.loc[0, "ci_high"] = 0.1
+    assert paired_verdict(table).startswith("No paired interval excludes 0")
 
 
 def test_update_readme_replaces_only_the_block(tmp_path):

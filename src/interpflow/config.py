@@ -232,12 +232,11 @@ def split_transport(entry: dict) -> tuple[dict, Untracked]:
     return dict(entry, llm=answers), Untracked({k: llm[k] for k in TRANSPORT_KEYS if k in llm})
 
 
-def with_transport(entry: dict, transport: Untracked | dict | None) -> dict:
+def with_transport(entry: dict, transport: Untracked) -> dict:
     """The entry of split_transport put back together, as the LLM client needs it."""
-    settings = transport.value if isinstance(transport, Untracked) else transport or {}
-    if not settings or not entry.get("llm"):
+    if not transport.value or not entry.get("llm"):
         return entry
-    return dict(entry, llm=entry["llm"] | settings)
+    return dict(entry, llm=entry["llm"] | transport.value)
 
 
 def used_config(config: dict) -> dict:

@@ -45,10 +45,15 @@ def _markdown(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
 
 
+def _paired_with_random(comparisons: pd.DataFrame) -> pd.DataFrame:
+    """The paired comparisons of each explainer's headline score against the random floor, in order."""
+    rows = comparisons[(comparisons["comparison"] == "paired") & (comparisons["metric"] == "score")]
+    return _ordered(rows[rows["explainer_kind_b"] == "random"])
+
+
 def paired_table(comparisons: pd.DataFrame) -> str:
     """Markdown: per scorer, LLM median, random median, the paired median difference, its interval, p."""
-    rows = comparisons[(comparisons["comparison"] == "paired") & (comparisons["metric"] == "score")]
-    rows = _ordered(rows[rows["explainer_kind_b"] == "random"])
+    rows = _paired_with_random(comparisons)
     header = ["scorer", "explainer", "pairs", "explainer median", "random median", "median difference",
               "95% interval", "Wilcoxon p"]  # fmt: skip
     cells = [
@@ -57,6 +62,19 @@ def paired_table(comparisons: pd.DataFrame) -> str:
         for r in rows.itertuples(index=False)
     ]  # fmt: skip
     return _markdown(header, cells)
+
+
+def paired_verdict(comparisons: pd.DataFrame) -> str:
+    """One sentence: where the paired interval against the random floor excludes 0, or that it never does."""
+    rows = list(_paired_with_random(comparisons).itertuples(index=False))
+    parts = [
+        f"{side} the floor: " + ", ".join(f"{r.scorer} ({r.explainer_a})" for r in rows if test(r))
+        for side, test in (("above", lambda r: r.ci_low > 0), ("below", lambda r: r.ci_high < 0))
+        if any(test(r) for r in rows)
+    ]
+    if not parts:
+        return "No paired interval excludes 0: no scorer separates the explanations from the random floor."
+    return "The paired interval excludes 0, " + "; ".join(parts) + "."
 
 
 def medians_table(aggregates: pd.DataFrame) -> str:
@@ -124,6 +142,7 @@ def results_block(summary_dir: str | Path, logs_dir: str | Path | None = None) -
     parts = [
         "Paired on latents (the same windows scored under the LLM's explanation and under another latent's):",
         paired_table(comparisons),
+        paired_verdict(comparisons),
         "Every explainer's median headline score, with the latents behind it:",
         medians_table(aggregates),
     ]
