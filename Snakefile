@@ -1,5 +1,7 @@
 # interpflow: explain the latents of sparse dictionaries trained on language models, and score the explanations.
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
+
+from interpflow.config import validate_schema
 
 min_version("9.0")
 
@@ -7,7 +9,7 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+validate_schema(config, "workflow/schemas/config.schema.yaml")
 
 
 report: "workflow/report/workflow.rst"

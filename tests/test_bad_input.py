@@ -575,6 +575,8 @@ def test_bad_config_is_named_before_any_job(workflow_copy, dotted, value, needle
     for needle in needles:
         assert needle in text, f"{needle!r} not in:\n{text[-3000:]}"
     assert "rule " not in result.stdout  # nothing was planned
+    assert "Traceback" not in text and "Failed validating" not in text  # no schema dump
+    assert len(text.splitlines()) <= 12, text  # a line per problem, not the schema
     assert snapshot(workflow_copy / "results") == before
 
 

@@ -19,6 +19,26 @@ LLM_SCORERS = ("detection", "fuzzing", "simulation")
 RUN_NAMES = {"corpus": "corpora", "model": "models", "sampler": "samplers"}
 
 
+def validate_schema(config: dict, schema_path: str | os.PathLike) -> None:
+    """Check the config against the JSON schema and fill in its defaults (snakemake.utils.validate), but
+    fail with one line per problem naming the key, not Snakemake's dump of the whole schema."""
+    import jsonschema
+    import yaml
+    from snakemake.utils import validate
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    problems = []
+    for err in sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path]):
+        key = ".".join(str(p) for p in err.absolute_path)
+        line = f"{key}: {err.message}" if key else err.message
+        if line not in problems:
+            problems.append(line)
+    if problems:
+        raise ValueError("invalid config:\n  " + "\n  ".join(problems))
+    validate(config, str(schema_path))
+
+
 def check_config(config: dict, n_layers: dict[str, int] | None = None) -> None:
     """Raise one ValueError naming every run entry that refers to a name the config does not define, and
     every hookpoint beyond its model's layers where `n_layers` (known_layers) knows the model."""
@@ -61,7 +81,7 @@ def check_config(config: dict, n_layers: dict[str, int] | None = None) -> None:
                 f"scorers.{name}.scorer_model: '{entry['scorer_model']}' is not defined under 'models'"
             )
     if problems:
-        raise ValueError("invalid config:\n  " + "\n  ".join(problems))
+        raise ValueError("invalid config:\n  " + "\n  ".join(dict.fromkeys(problems)))
 
 
 def known_layers(config: dict, results: str | os.PathLike = "results") -> dict[str, int]:
