@@ -71,7 +71,7 @@ def world(tmp_path_factory) -> dict:
     from interpflow.activations import cache_activations
     from interpflow.baselines import run_top_tokens
     from interpflow.corpus import build_tokens
-    from interpflow.dictionaries import prepare_dictionary
+    from interpflow.dictionaries.prepare import prepare_dictionary
     from interpflow.latents import encode_dictionary
     from interpflow.models import prepare_model
     from interpflow.sae import TopKSAE
@@ -259,7 +259,7 @@ def damaged_activations_encode(w, tmp):
 
 def damaged_activations_dictionary(w, tmp):
     """A dictionary prepared against a truncated activations.h5."""
-    from interpflow.dictionaries import prepare_dictionary
+    from interpflow.dictionaries.prepare import prepare_dictionary
 
     f = copy_in(w, tmp, "acts", "sae")
     truncated(f["acts"])
@@ -346,7 +346,7 @@ def sae_case(d_in: int, width: int, needles: list[str]):
     dictionary whose config says `width` latents."""
 
     def case(w, tmp):
-        from interpflow.dictionaries import prepare_dictionary
+        from interpflow.dictionaries.prepare import prepare_dictionary
         from interpflow.sae import TopKSAE
 
         f = copy_in(w, tmp, "acts")
@@ -558,7 +558,9 @@ CONFIG_CASES = [
     pytest.param("models.smollm2", {"source": "gguf"}, ["models.smollm2.path"], id="model-path-missing"),
     pytest.param("runs", None, ["'runs' is a required property"], id="runs-missing"),
     pytest.param(
-        "samplers.small.latents", {"n": 1000}, ["samplers.small.latents.n: 1000 is more than the 64 latents"],
+        "samplers.small.latents",
+        {"n": 1000},
+        ["samplers.small.latents.n: 1000 is more than the 64 latents"],
         id="latents-n-above-a-shard",
     ),
 ]

@@ -10,15 +10,10 @@ import pytest
 import torch
 from conftest import TableEncoder
 
-from interpflow.crosslayer import (
-    activation_correlation,
-    cross_layer,
-    explanation_similarity,
-    match_latents,
-    paired_correlation,
-    plot_similarity_by_distance,
-    sae_decoder,
-)
+from interpflow.crosslayer.align import cross_layer, match_latents, sae_decoder
+from interpflow.crosslayer.compare import explanation_similarity
+from interpflow.crosslayer.correlation import activation_correlation, paired_correlation
+from interpflow.crosslayer.summary import plot_similarity_by_distance
 from interpflow.latents import encode_to_shards
 from interpflow.store import read_parquet, write_parquet
 
@@ -134,7 +129,7 @@ def test_correlation_from_sparse_shards_equals_numpy(tmp_path):
 
 
 def test_correlation_blocks(tmp_path, monkeypatch):
-    import interpflow.crosslayer as cl
+    import interpflow.crosslayer.correlation as cl
 
     shards_a, _ = write_dictionary(tmp_path, "a", width=10, seed=2)
     shards_b, _ = write_dictionary(tmp_path, "b", width=10, seed=3)

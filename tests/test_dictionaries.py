@@ -9,16 +9,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from interpflow.dictionaries import (
-    SparseDictionary,
-    check_dims,
-    from_topk_sae,
-    load_gemma_scope,
-    load_pretrained,
-    load_saelens,
-    load_sparsify,
-    neuron_dictionary,
-)
+from interpflow.dictionaries.dictionary import SparseDictionary, check_dims, from_topk_sae, neuron_dictionary
+from interpflow.dictionaries.gemma_scope import load_gemma_scope
+from interpflow.dictionaries.pretrained import load_pretrained
+from interpflow.dictionaries.saelens import load_saelens
+from interpflow.dictionaries.sparsify import load_sparsify
 from interpflow.sae import TopKSAE
 
 D, W, B = 12, 40, 64  # d_in, width, batch

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from interpflow.activations import add_at, decoder_layers, hidden_states, site_module
-from interpflow.dictionaries import from_topk_sae
+from interpflow.dictionaries.dictionary import from_topk_sae
 from interpflow.intervention import (
     METRIC_COLUMNS,
     PREDICTION_COLUMNS,

@@ -13,7 +13,7 @@ import torch
 
 from interpflow.activations import cache_activations
 from interpflow.corpus import build_tokens
-from interpflow.dictionaries import load_pretrained
+from interpflow.dictionaries.pretrained import load_pretrained
 from interpflow.file_explainer import explain_from_table, read_explanation_table
 from interpflow.planted import PROPERTIES, FitOptions, build_planted, names_property, vocab_texts
 

@@ -19,7 +19,7 @@ import torch
 from test_planted_dictionary import PROPS, planted  # noqa: F401 (planted: the module's fixture)
 
 from interpflow.baselines import explain_random
-from interpflow.dictionaries import load_pretrained
+from interpflow.dictionaries.pretrained import load_pretrained
 from interpflow.embedding import DEFAULT_EMBEDDER, load_embedder
 from interpflow.embedding import score_latents as embedding_scores
 from interpflow.file_explainer import explain_from_table, read_explanation_table

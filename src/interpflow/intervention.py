@@ -382,7 +382,7 @@ def run_intervention(
     tokenizer=None,
 ) -> None:
     """Workflow step: intervention-score a shard's explanations; write predictions and metrics."""
-    from interpflow.dictionaries import SparseDictionary
+    from interpflow.dictionaries.dictionary import SparseDictionary
     from interpflow.models import load_model
 
     t0 = time.perf_counter()

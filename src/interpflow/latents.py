@@ -299,7 +299,7 @@ def encode_dictionary(
     """Encode all activations with a prepared dictionary into `out_dir`/shard-{i}.h5 and stats-{i}.parquet."""
     import torch
 
-    from interpflow.dictionaries import SparseDictionary
+    from interpflow.dictionaries.dictionary import SparseDictionary
     from interpflow.models import resolve_device
 
     device = resolve_device(store_cfg.get("device", "auto"))

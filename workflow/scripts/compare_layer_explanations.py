@@ -1,4 +1,4 @@
-from interpflow.crosslayer import compare_explanations
+from interpflow.crosslayer.compare import compare_explanations
 from interpflow.steps import logged
 
 with logged(snakemake.log[0], threads=snakemake.threads):

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from interpflow.crosslayer import match_layers
+from interpflow.crosslayer.align import match_layers
 from interpflow.steps import logged
 
 with logged(snakemake.log[0], threads=snakemake.threads):

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from interpflow.dictionaries import prepare_dictionary
+from interpflow.dictionaries.prepare import prepare_dictionary
 from interpflow.steps import logged
 
 with logged(snakemake.log[0], threads=snakemake.threads):

@@ -1,4 +1,4 @@
-from interpflow.crosslayer import summarize_layers
+from interpflow.crosslayer.summary import summarize_layers
 from interpflow.steps import logged
 
 with logged(snakemake.log[0]):
