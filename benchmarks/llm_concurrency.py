@@ -25,7 +25,7 @@ def measure(max_concurrency: int = 8, latency_s: float = 0.2, n_requests: int = 
         sys.path.insert(0, str(TESTS))
     from fault_server import FaultServer
 
-    from interpflow.llm import LLMClient
+    from interpflow.llm.client import LLMClient
 
     requests = [[{"role": "user", "content": f"request {i}"}] for i in range(n_requests)]
     with FaultServer(latency_s=latency_s, max_concurrency=max_concurrency) as server:

@@ -176,15 +176,20 @@ def med(runs: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
 
-# Cached inputs in build order, each with the interpflow module that shapes it and its files in .cache:
-# when a module changes, its input and every later one are rebuilt.
+# Cached inputs in build order, each with the interpflow module (or package) that shapes it and its files in
+# .cache: when a module changes, its input and every later one are rebuilt.
 STAGES = [
     ("model", "models.py", ["model"]),
     ("tokens", "corpus.py", ["tokens-*.h5"]),
     ("activations", "activations.py", ["acts-*.h5"]),
-    ("sae", "sae.py", ["sae", "sae-sparsify"]),
+    ("sae", "sae", ["sae", "sae-sparsify"]),
     ("stores", "latents.py", ["store-*", "delphi-store", "examples-*"]),
 ]
+
+
+def _source(path: Path) -> bytes:
+    """A module's source, or a package's: its .py files in name order."""
+    return b"".join(p.read_bytes() for p in sorted(path.glob("*.py"))) if path.is_dir() else path.read_bytes()
 
 
 def drop_stale() -> dict:
@@ -192,7 +197,7 @@ def drop_stale() -> dict:
     import hashlib
 
     src = Path(SRC) / "interpflow"
-    stamp = {name: hashlib.sha256((src / module).read_bytes()).hexdigest() for name, module, _ in STAGES}
+    stamp = {name: hashlib.sha256(_source(src / module)).hexdigest() for name, module, _ in STAGES}
     old = json.loads((CACHE / "stamp.json").read_text()) if (CACHE / "stamp.json").exists() else {}
     stale = False
     for name, module, patterns in STAGES:
@@ -310,7 +315,7 @@ def bench_training() -> dict:
 
 def selected_latents() -> list[int]:
     """The latents of shard 0 that interpflow's sampler selects (delphi is given the same ones)."""
-    from interpflow.sampling import select_latents
+    from interpflow.sampling.selection import select_latents
 
     return select_latents(0, min(SHARD_SIZE, SAE_CFG["width"]), SAMPLER)
 

@@ -61,7 +61,7 @@ def to_sparsify(sae_dir: str, out_dir: str) -> None:
     """
     from safetensors.torch import save_file
 
-    from interpflow.sae import TopKSAE
+    from interpflow.sae.model import TopKSAE
 
     sae = TopKSAE.load(sae_dir)
     s = sae.input_scale
@@ -96,7 +96,8 @@ def task_prepare(a: dict) -> dict:
     from interpflow.corpus import build_tokens
     from interpflow.latents import encode_to_shards
     from interpflow.models import prepare_model
-    from interpflow.sae import TopKSAE, train_sae_from_h5
+    from interpflow.sae.model import TopKSAE
+    from interpflow.sae.step import train_sae_from_h5
 
     c = Path(a["cache"])
     model_dir, hook = c / "model", a["hookpoint"]
@@ -152,7 +153,7 @@ def task_prepare(a: dict) -> dict:
             done.append(f"store-{name}")
     gguf = c / "llm" / f"{a['judge']}.gguf"
     if not gguf.exists():
-        from interpflow.local_llm import assemble_local_model
+        from interpflow.llm.local_parts import assemble_local_model
 
         assemble_local_model(a["judge"], gguf)
         done.append("judge")
@@ -165,7 +166,7 @@ def task_cache(a: dict) -> dict:
 
     from interpflow.activations import cache_activations
     from interpflow.latents import encode_to_shards
-    from interpflow.sae import TopKSAE
+    from interpflow.sae.model import TopKSAE
 
     out = Path(a["out"])
     shutil.rmtree(out, ignore_errors=True)
@@ -246,7 +247,8 @@ def eval_fvu(sae, path: str, batch: int = 4096) -> tuple[float, float]:
 
 def task_train(a: dict) -> dict:
     """interpflow's SAE training on cached activations; FVU on held-out activations."""
-    from interpflow.sae import TopKSAE, train_sae_from_h5
+    from interpflow.sae.model import TopKSAE
+    from interpflow.sae.step import train_sae_from_h5
 
     out = Path(a["out"])
     shutil.rmtree(out, ignore_errors=True)
@@ -273,7 +275,7 @@ def task_sample(a: dict) -> dict:
     import pyarrow.parquet  # noqa: F401
     import tqdm.auto  # noqa: F401
 
-    from interpflow.sampling import run_sampling
+    from interpflow.sampling.step import run_sampling
 
     out = Path(a["out"])
     out.mkdir(parents=True, exist_ok=True)
@@ -301,7 +303,8 @@ def task_sample_fixed(a: dict) -> dict:
     import h5py
 
     from interpflow.latents import read_shard
-    from interpflow.sampling import read_vocab, sample_examples
+    from interpflow.sampling.examples import sample_examples
+    from interpflow.sampling.vocab import read_vocab
     from interpflow.store import write_parquet
 
     out = Path(a["out"])
@@ -337,7 +340,7 @@ def task_llm_tokens(a: dict) -> dict:
     """Judge prompt tokens per latent (detection + fuzzing) counted with the judge's own tokenizer."""
     import pandas as pd
 
-    from interpflow.local_llm import LocalChatModel
+    from interpflow.llm.local_model import LocalChatModel
     from interpflow.scorers import build_prompts
 
     examples = pd.read_parquet(a["examples"])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import yaml
 
-from interpflow.llm import Completion
+from interpflow.llm.types import Completion
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -29,7 +29,7 @@ def smollm2_spec(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def qwen_gguf(tmp_path_factory) -> Path:
     """The default local explainer/judge GGUF, assembled once per session (or reused from a default run)."""
-    from interpflow.local_llm import assemble_local_model
+    from interpflow.llm.local_parts import assemble_local_model
 
     done = REPO / "results/llm/qwen2.5-coder-1.5b-instruct.gguf"
     if done.is_file():
@@ -39,7 +39,7 @@ def qwen_gguf(tmp_path_factory) -> Path:
 
 
 def completion(text: str | None, **fields):
-    """A real interpflow.llm.Completion for scripted clients, with harmless defaults for the other fields."""
+    """A real interpflow.llm.types.Completion for scripted clients, other fields given harmless defaults."""
     defaults = dict(status="ok", error="", prompt_tokens=100, completion_tokens=10, cost_usd=None,
                     latency_s=0.1, cached=False, logprobs=None)  # fmt: skip
     return Completion(text=text, **(defaults | fields))

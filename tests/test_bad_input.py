@@ -74,8 +74,8 @@ def world(tmp_path_factory) -> dict:
     from interpflow.dictionaries.prepare import prepare_dictionary
     from interpflow.latents import encode_dictionary
     from interpflow.models import prepare_model
-    from interpflow.sae import TopKSAE
-    from interpflow.sampling import run_sampling
+    from interpflow.sae.model import TopKSAE
+    from interpflow.sampling.step import run_sampling
 
     root = tmp_path_factory.mktemp("world")
     w = {"root": root, "model": toy_model(root / "toy"), "corpus": root / "corpus.txt"}
@@ -167,7 +167,7 @@ Case = Callable[[dict, Path], tuple[Callable[[], object], type, list[str], list[
 
 def sampling_call(f: dict, tmp: Path) -> tuple[Callable[[], object], list[Path]]:
     """run_sampling on the copied files, writing under tmp/out; and its outputs."""
-    from interpflow.sampling import run_sampling
+    from interpflow.sampling.step import run_sampling
 
     ex, sel = tmp / "out/examples.parquet", tmp / "out/latents.parquet"
     return partial(run_sampling, f["tokens"], f["shard"], f["vocab"], SAMPLER, ex, sel), [ex, sel]
@@ -237,7 +237,7 @@ def damaged_tokens_activations(w, tmp):
 
 def damaged_activations_sae(w, tmp):
     """SAE training on a truncated activations.h5."""
-    from interpflow.sae import train_sae_from_h5
+    from interpflow.sae.step import train_sae_from_h5
 
     f = copy_in(w, tmp, "acts")
     truncated(f["acts"])
@@ -347,7 +347,7 @@ def sae_case(d_in: int, width: int, needles: list[str]):
 
     def case(w, tmp):
         from interpflow.dictionaries.prepare import prepare_dictionary
-        from interpflow.sae import TopKSAE
+        from interpflow.sae.model import TopKSAE
 
         f = copy_in(w, tmp, "acts")
         TopKSAE(d_in, 8, 2).save(tmp / "sae")
@@ -475,7 +475,7 @@ def write_shard(path: Path, latent_start: int, latent_end: int) -> None:
 def test_latents_that_never_fire_get_explicit_statuses_downstream(world, tmp_path):
     """Sampling marks them skipped ('never fires'); explaining and scoring make no LLM call and say why."""
     from interpflow.explain import run_explain
-    from interpflow.sampling import run_sampling
+    from interpflow.sampling.step import run_sampling
     from interpflow.scorers import run_score
 
     write_shard(tmp_path / "shard-0.h5", 0, 4)

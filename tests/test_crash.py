@@ -21,7 +21,7 @@ import yaml
 from conftest import copy_workflow, fake_api_config
 from fault_server import FaultServer, prompt_kind
 
-from interpflow.llm import LLMClient
+from interpflow.llm.client import LLMClient
 
 pytestmark = pytest.mark.slow
 

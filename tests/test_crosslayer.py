@@ -311,7 +311,7 @@ def test_minilm_scores_matched_paraphrases_above_random_pairs(tmp_path):
 
 
 def test_sae_decoder_reads_w_dec(tmp_path):
-    from interpflow.sae import TopKSAE
+    from interpflow.sae.model import TopKSAE
 
     sae = TopKSAE(8, 16, 2)
     sae.save(tmp_path / "sae")

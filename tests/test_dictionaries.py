@@ -14,7 +14,7 @@ from interpflow.dictionaries.gemma_scope import load_gemma_scope
 from interpflow.dictionaries.pretrained import load_pretrained
 from interpflow.dictionaries.saelens import load_saelens
 from interpflow.dictionaries.sparsify import load_sparsify
-from interpflow.sae import TopKSAE
+from interpflow.sae.model import TopKSAE
 
 D, W, B = 12, 40, 64  # d_in, width, batch
 F64 = torch.float64  # float64 weights keep JumpReLU thresholds and top-k ranks free of rounding flips

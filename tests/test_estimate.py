@@ -7,18 +7,12 @@ import pytest
 import yaml
 from conftest import example_row
 
-from interpflow import estimate, explain, prompts, scorers
-from interpflow.estimate import (
-    COLUMNS,
-    compare,
-    estimate_run,
-    estimate_tokens,
-    format_estimate,
-    load_config,
-    main,
-    n_latents,
-    write_estimate,
-)
+from interpflow import explain, prompts, scorers
+from interpflow.estimate import cli, synthetic
+from interpflow.estimate.cli import load_config, main
+from interpflow.estimate.counts import COLUMNS, estimate_run, n_latents, write_estimate
+from interpflow.estimate.display import compare, format_estimate
+from interpflow.estimate.synthetic import estimate_tokens
 from interpflow.store import read_parquet
 
 GPT = "openai/gpt-4o-mini"
@@ -127,7 +121,7 @@ def test_estimate_tokens_hand_counted():
     assert estimate_tokens("[1, 0, 1, 0, 1]") == 15  # brackets, 5 digits, 4 commas, 4 spaces
     assert estimate_tokens("") == 0
     msgs = [{"role": "system", "content": "The cat sat."}, {"role": "user", "content": "2011"}]
-    assert estimate.message_tokens(msgs) == (4 + 4) + (4 + 4) + 3  # contents, per-message and reply overhead
+    assert synthetic.message_tokens(msgs) == (4 + 4) + (4 + 4) + 3  # contents, per-message and reply overhead
 
 
 def test_columns_and_dtypes(est):
@@ -175,7 +169,7 @@ def test_hard_negatives_and_contrastive_follow_the_builders(tiny):
     assert row(df, "score", dictionary="d", explainer="api", scorer="det")["llm_calls"] == 9 * math.ceil(
         20 / 5
     )
-    ex = estimate.synthetic_examples(cfg["samplers"]["s"])
+    ex = synthetic.synthetic_examples(cfg["samplers"]["s"])
     assert ex.groupby(["split", "negative"]).size().to_dict() == {
         ("train", ""): 10,
         ("train", "random"): 3,
@@ -183,7 +177,7 @@ def test_hard_negatives_and_contrastive_follow_the_builders(tiny):
         ("test", "random"): 8,
         ("test", "hard"): 4,
     }
-    client = estimate._Recorder("Explanation: x")
+    client = synthetic._Recorder("Explanation: x")
     explain.explain_latents(ex, pd.DataFrame({"latent": [0], "status": ["ok"], "reason": [""]}),
                             cfg["explainers"]["api"], client)  # fmt: skip
     user = client.requests[0][1]["content"]
@@ -250,7 +244,7 @@ def test_forward_and_training_tokens(tiny, est):
     cfg["dictionaries"]["d"]["max_tokens"] = 1000
     assert row(estimate_run(cfg), "sae")["train_tokens"] == 1000
     emb = row(est, "score", explainer="api", scorer="emb")
-    one_latent = 16 * 16 + estimate_tokens(" " + estimate.synthetic_explanation())  # 16 windows + the query
+    one_latent = 16 * 16 + estimate_tokens(" " + synthetic.synthetic_explanation())  # 16 windows + the query
     assert (emb["llm_calls"], emb["forward_tokens"]) == (0, 9 * one_latent)
 
 
@@ -288,7 +282,7 @@ def test_detection_estimate_near_real_prompt_sizes(tiny, est):
     real = sum(chars4(r) for r in requests)
     det = row(est, "score", dictionary="d", explainer="api", scorer="det")
     assert 0.7 < det["input_tokens"] / det["latents"] / real < 1.4  # measured 1.09
-    client = estimate._Recorder("Explanation: x")
+    client = synthetic._Recorder("Explanation: x")
     latents = pd.DataFrame({"latent": [0], "status": ["ok"], "reason": [""]})
     explain.explain_latents(examples, latents, tiny["explainers"]["api"], client)
     ex = row(est, "explain", dictionary="d", explainer="api")
@@ -333,9 +327,9 @@ def test_format_totals_notes_and_budget(est):
 
 def test_set_paths_with_dotted_names_and_lists():
     config = {"explainers": {"qwen-1.5b": {"llm": {"model": "a"}}}, "runs": [{"scorers": []}]}
-    estimate._assign(config, "explainers.qwen-1.5b.llm.model=openai/gpt-4o-mini")
-    estimate._assign(config, "runs.0.scorers=[det, fuzz]")
-    estimate._assign(config, "budget.max_usd=2.5")
+    cli._assign(config, "explainers.qwen-1.5b.llm.model=openai/gpt-4o-mini")
+    cli._assign(config, "runs.0.scorers=[det, fuzz]")
+    cli._assign(config, "budget.max_usd=2.5")
     assert config == {
         "explainers": {"qwen-1.5b": {"llm": {"model": "openai/gpt-4o-mini"}}},
         "runs": [{"scorers": ["det", "fuzz"]}],

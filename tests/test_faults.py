@@ -20,7 +20,8 @@ from fault_server import FaultServer, contains, default_responder, judge_count, 
 
 from interpflow import prompts
 from interpflow.explain import run_explain
-from interpflow.llm import LLMClient, SpendLedger, check_budget
+from interpflow.llm.budget import SpendLedger, check_budget
+from interpflow.llm.client import LLMClient
 from interpflow.scorers import run_score
 from interpflow.simulation import run_simulation
 from interpflow.simulation_reply import reply_messages as simulation_messages
@@ -303,7 +304,7 @@ def test_unpriced_model_warns_that_max_usd_cannot_bound_it(server, caplog):
 def test_budget_is_shared_across_processes(server, tmp_path):
     ledger = tmp_path / "spend"
     code = (
-        "import sys; from interpflow.llm import LLMClient\n"
+        "import sys; from interpflow.llm.client import LLMClient\n"
         "budget = {'max_tokens': 10**9, 'ledger': sys.argv[3]}\n"
         "c = LLMClient(sys.argv[1], api_base=sys.argv[2], budget=budget)\n"
         "r = c.complete_many([[{'role': 'user', 'content': 'from the other process'}]], desc='other')[0]\n"

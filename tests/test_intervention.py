@@ -29,7 +29,7 @@ from interpflow.intervention_inputs import (
     shuffled_donors,
 )
 from interpflow.models import load_model
-from interpflow.sae import TopKSAE
+from interpflow.sae.model import TopKSAE
 from interpflow.store import read_parquet, write_parquet
 
 LAYER = 10  # of SmolLM2-135M's 30

@@ -8,7 +8,9 @@ import os
 
 import pytest
 
-from interpflow.llm import MAX_EMPTY_RETRIES, LLMClient, _litellm, _retry_after, is_retryable, scrub
+from interpflow.llm.backend import _litellm
+from interpflow.llm.client import MAX_EMPTY_RETRIES, LLMClient
+from interpflow.llm.errors import _retry_after, is_retryable, scrub
 
 litellm = _litellm()
 from litellm.llms.custom_llm import CustomLLMError  # noqa: E402

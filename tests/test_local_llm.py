@@ -8,8 +8,8 @@ import math
 
 import pytest
 
-from interpflow.llm import LLMClient
-from interpflow.local_llm import LOCAL_MODELS, _parts, assemble_local_model
+from interpflow.llm.client import LLMClient
+from interpflow.llm.local_parts import LOCAL_MODELS, _parts, assemble_local_model
 
 NAME = "qwen2.5-coder-1.5b-instruct"
 

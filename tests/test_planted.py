@@ -65,7 +65,7 @@ def test_random_baseline_sits_near_chance_where_the_right_explanation_wins():
 
 @pytest.mark.slow
 def test_local_judge_prefers_the_right_explanation(qwen_gguf):
-    from interpflow.llm import LLMClient
+    from interpflow.llm.client import LLMClient
 
     examples, explanations = planted()
     keep = examples["example_id"].isin([0, 1, 2, 3, 4, 100, 101, 102, 103, 104])

@@ -25,7 +25,8 @@ from interpflow.embedding import score_latents as embedding_scores
 from interpflow.file_explainer import explain_from_table, read_explanation_table
 from interpflow.latents import encode_to_shards, read_shard
 from interpflow.planted import ORACLE_FILE, PROPERTIES, token_labels, vocab_texts
-from interpflow.sampling import read_vocab, sample_examples
+from interpflow.sampling.examples import sample_examples
+from interpflow.sampling.vocab import read_vocab
 from interpflow.scorers import score_latents as judge_scores
 from interpflow.store import open_h5
 
@@ -110,7 +111,7 @@ def test_embedding_scorer_ranks_oracle_above_random(sampled):
 @pytest.mark.slow
 def test_local_fuzzing_judge_ranks_oracle_above_random(sampled, qwen_gguf):
     pytest.importorskip("llama_cpp")
-    from interpflow.llm import LLMClient
+    from interpflow.llm.client import LLMClient
 
     examples, _, expl = sampled
     llm = {"model": "local/qwen2.5-coder-1.5b-instruct", "max_concurrency": 1, "n_ctx": 2048, "n_threads": 2}

@@ -9,15 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from interpflow.sae import (
-    TopKSAE,
-    _batches,
-    _shuffled_buffers,
-    estimate_input_scale,
-    random_sae_from_h5,
-    train_sae,
-    train_sae_from_h5,
-)
+from interpflow.sae.batches import _batches, _shuffled_buffers
+from interpflow.sae.model import TopKSAE
+from interpflow.sae.step import random_sae_from_h5, train_sae_from_h5
+from interpflow.sae.train import estimate_input_scale, train_sae
 
 
 @pytest.fixture(autouse=True)

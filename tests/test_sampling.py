@@ -13,20 +13,12 @@ import yaml
 from conftest import REPO
 
 from interpflow.latents import LatentShard, encode_to_shards, read_shard
-from interpflow.sampling import (
-    NEGATIVES,
-    Vocab,
-    partner_latents,
-    read_vocab,
-    run_sampling,
-    sample_examples,
-    select_latents,
-    select_test_examples,
-    shard_files,
-    span_strings,
-    window_incidence,
-    window_strings,
-)
+from interpflow.sampling.examples import sample_examples
+from interpflow.sampling.hard import window_incidence
+from interpflow.sampling.scored import NEGATIVES, select_test_examples
+from interpflow.sampling.selection import partner_latents, select_latents, shard_files
+from interpflow.sampling.step import run_sampling
+from interpflow.sampling.vocab import Vocab, read_vocab, span_strings, window_strings
 
 N_SEQ, CTX, L, VOCAB = 100, 64, 8, 50
 N_WINDOWS = N_SEQ * CTX // L
@@ -160,10 +152,12 @@ def test_rare_and_dead_latents_are_skipped(world, sampled):
 def test_short_latent_with_low_threshold_keeps_splits_disjoint(world, caplog):
     tokens, vocab, _, shard = world
     cfg = CFG | {"min_activations": 5, "n_train": 5}
-    with caplog.at_level("WARNING", "interpflow.sampling"):
+    with caplog.at_level("WARNING", "interpflow.sampling.examples"):
         examples, latents = sample_examples(tokens, vocab, shard, cfg, [11])
-    assert "n_train + n_test = 25 activating windows, but the most any of these 1 latents has is 7" \
+    assert (
+        "n_train + n_test = 25 activating windows, but the most any of these 1 latents has is 7"
         in caplog.text
+    )
     act = examples[examples.activating]
     assert latents.status.tolist() == ["ok"]
     assert (act.split == "train").sum() == 5 and (act.split == "test").sum() == 2

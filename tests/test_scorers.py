@@ -20,7 +20,7 @@ from interpflow.store import read_parquet, write_parquet
 
 @dataclass(frozen=True)
 class Tok:
-    """Same fields as interpflow.llm.TokenLogprob."""
+    """Same fields as interpflow.llm.types.TokenLogprob."""
 
     token: str
     logprob: float
@@ -311,7 +311,7 @@ def test_run_score_round_trip(tmp_path, monkeypatch):
         def __exit__(self, *exc):
             seen["closed"] = True
 
-    monkeypatch.setitem(sys.modules, "interpflow.llm", types.SimpleNamespace(LLMClient=FakeLLMClient))
+    monkeypatch.setitem(sys.modules, "interpflow.llm.client", types.SimpleNamespace(LLMClient=FakeLLMClient))
     cfg = CFG | {"kind": "fuzzing", "name": "fuzz5", "llm": {"model": "x", "temperature": 0}}
     scorers.run_score(
         tmp_path / "shard-0.parquet",
@@ -442,7 +442,7 @@ def test_real_judge_depends_on_the_explanation(kind, qwen_gguf):
     """The local 1.5B judge on a planted digits latent: the right explanation ranks the activating windows
     above the others, an unrelated one does not (fails if P(yes) stops depending on the explanation)."""
     pytest.importorskip("llama_cpp")
-    from interpflow.llm import LLMClient
+    from interpflow.llm.client import LLMClient
 
     rows = planted_digit_windows(3)
     expl = pd.DataFrame({"latent": [3], "status": ["ok"], "explanation": ["Digits of numbers."]})

@@ -18,7 +18,7 @@ from interpflow.simulation_reply import reply_messages as simulation_messages
 
 @dataclass(frozen=True)
 class Tok:
-    """Same fields as interpflow.llm.TokenLogprob."""
+    """Same fields as interpflow.llm.types.TokenLogprob."""
 
     token: str
     logprob: float = 0.0

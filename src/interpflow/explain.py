@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from interpflow import prompts
-from interpflow.llm import raise_on_outage
+from interpflow.llm.client import raise_on_outage
 from interpflow.store import read_parquet, write_parquet
 
 log = logging.getLogger(__name__)
@@ -221,7 +221,7 @@ def run_explain(
     t0 = time.perf_counter()
     examples, latents = read_parquet(examples_path), read_parquet(latents_path)
     if client is None:
-        from interpflow.llm import LLMClient
+        from interpflow.llm.client import LLMClient
 
         with LLMClient.from_config(cfg["llm"], cache_dir=cache_dir, local_gguf=local_gguf) as client:
             out = explain_latents(examples, latents, cfg, client)

@@ -197,7 +197,7 @@ def summarize(
     frames = dict(table=table, aggregates=agg, subjects=by_subject, comparisons=comp)
     frames |= dict(correlations=corr, costs=cost)
     if estimate is not None:  # what the run was expected to cost beside what it spent
-        from interpflow.estimate import compare
+        from interpflow.estimate.display import compare
 
         frames["spent"] = compare(read_parquet(estimate), cost)
     for name, frame in frames.items():

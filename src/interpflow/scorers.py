@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 
 from interpflow import prompts
-from interpflow.llm import raise_on_outage
+from interpflow.llm.client import raise_on_outage
 from interpflow.metrics import METRIC_COLUMNS, NOT_SAMPLED, latent_metrics
-from interpflow.sampling import select_test_examples
+from interpflow.sampling.scored import select_test_examples
 from interpflow.store import atomic_path, read_parquet, write_parquet
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ def fuzz_marks(acts: list[np.ndarray], activating: np.ndarray, rng: np.random.Ge
 
 
 def scored_windows(ex: pd.DataFrame, cfg: dict, rng: np.random.Generator) -> pd.DataFrame:
-    """A latent's test windows (sampling.select_test_examples: negatives, caps) in a seeded random order."""
+    """A latent's test windows (select_test_examples: negatives, caps) in a seeded random order."""
     if ex.empty:
         return ex
     chosen = select_test_examples(ex, int(ex["latent"].iloc[0]), cfg, rng)
@@ -374,7 +374,7 @@ def run_llm_scorer(
 
     `llm_cfg` is the client's config, or a function of the shard's examples returning it.
     """
-    from interpflow.llm import LLMClient
+    from interpflow.llm.client import LLMClient
 
     t0 = time.perf_counter()
     examples, explanations = read_parquet(examples_path), read_parquet(explanations_path)

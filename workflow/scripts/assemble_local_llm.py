@@ -1,4 +1,4 @@
-from interpflow.local_llm import assemble_local_model
+from interpflow.llm.local_parts import assemble_local_model
 from interpflow.steps import logged
 
 with logged(snakemake.log[0]):

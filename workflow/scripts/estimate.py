@@ -1,4 +1,4 @@
-from interpflow.estimate import write_estimate
+from interpflow.estimate.counts import write_estimate
 from interpflow.steps import logged
 
 with logged(snakemake.log[0]):

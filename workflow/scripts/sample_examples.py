@@ -1,4 +1,4 @@
-from interpflow.sampling import run_sampling
+from interpflow.sampling.step import run_sampling
 from interpflow.steps import logged
 
 # with latents.partners, the layer below shares the dictionary name, hence its width

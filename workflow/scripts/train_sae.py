@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from interpflow.sae import train_sae_from_h5
+from interpflow.sae.step import train_sae_from_h5
 from interpflow.steps import logged
 
 with logged(snakemake.log[0], threads=snakemake.threads):

@@ -253,7 +253,7 @@ def match_layers(
 ) -> dict[str, Any]:
     """Workflow step: align two prepared dictionaries' latents (decoder cosine, optionally correlation)."""
     from interpflow.dictionaries.dictionary import SparseDictionary
-    from interpflow.sampling import shard_files
+    from interpflow.sampling.selection import shard_files
 
     da, db = SparseDictionary.load(dictionary_a), SparseDictionary.load(dictionary_b)
     shards_a, shards_b = (shard_files(d) for d in latents_dirs) if latents_dirs else ((), ())

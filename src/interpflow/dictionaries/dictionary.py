@@ -247,7 +247,7 @@ def _check_settings(d: SparseDictionary, tensors: dict[str, Tensor | None], wher
 
 
 def from_topk_sae(sae) -> SparseDictionary:
-    """Our TopKSAE (interpflow.sae) as a dictionary that reproduces its encode/decode exactly."""
+    """Our TopKSAE (interpflow.sae.model) as a dictionary that reproduces its encode/decode exactly."""
     return SparseDictionary(
         sae.d_in,
         sae.width,

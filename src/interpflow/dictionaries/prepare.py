@@ -50,7 +50,8 @@ def prepare_dictionary(
 ) -> SparseDictionary:
     """Build the configured dictionary for one hookpoint, check it against the activations, save it."""
     from interpflow.activations import parse_hookpoint
-    from interpflow.sae import TopKSAE, random_sae_from_h5
+    from interpflow.sae.model import TopKSAE
+    from interpflow.sae.step import random_sae_from_h5
 
     name, kind = cfg.get("name", "?"), cfg["kind"]
     where = f"dictionaries.{name}"

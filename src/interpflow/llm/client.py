@@ -1,23 +1,22 @@
-"""The one LLM boundary: every LLM call of interpflow goes through litellm here, cached and retried."""
+"""The one LLM boundary: every LLM call of interpflow goes through LLMClient, cached and retried."""
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import hashlib
 import json
 import logging
-import os
 import random
-import socket
 import threading
 import time
-import uuid
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from interpflow.store import atomic_path
+from interpflow.llm.backend import _litellm
+from interpflow.llm.budget import SpendLedger, check_budget
+from interpflow.llm.cache import cache_get, cache_put
+from interpflow.llm.errors import _error_text, _rejects_logprobs, _retry_after, is_retryable
+from interpflow.llm.types import Completion, _parse_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -25,235 +24,6 @@ LOCAL_PREFIX = "local/"
 MAX_BACKOFF_S = 60.0
 EMPTY_REPLY = "empty reply"  # the error of a reply without text
 MAX_EMPTY_RETRIES = 2  # asked again at most this often (and never more than max_retries)
-MAX_RETRY_AFTER_S = 300.0
-RETRYABLE_STATUS = {408, 409, 429}
-BUDGET_KEYS = ("max_usd", "max_tokens", "ledger")
-LEDGER_REFRESH_S = 1.0  # how stale other processes' spending may be when checked
-
-
-@dataclass(frozen=True)
-class TokenLogprob:
-    """One generated token and its most likely alternatives."""
-
-    token: str
-    """The generated token's text."""
-    logprob: float
-    top: dict[str, float]
-    """Alternatives' text -> logprob, including the chosen token."""
-
-
-@dataclass(frozen=True)
-class Completion:
-    """The outcome of one chat request; failures are a status, never an exception."""
-
-    text: str | None
-    """The reply; None unless status is "ok"."""
-    status: str
-    """"ok", "error", or "budget" (not sent: the run's LLM budget is spent)."""
-    error: str
-    """"" when ok, else a short reason (API keys scrubbed)."""
-    prompt_tokens: int
-    completion_tokens: int
-    cost_usd: float | None
-    """litellm's price where known, 0.0 for local models, None if unknown."""
-    latency_s: float
-    cached: bool
-    """Served from the on-disk cache."""
-    logprobs: tuple[TokenLogprob, ...] | None
-    """Per generated token, when requested and offered by the provider."""
-    cached_tokens: int = 0
-    """Prompt tokens the provider served from its prefix cache, where it reports them (0 otherwise)."""
-    slot_logprobs: tuple[dict[str, float], ...] | None = None
-    """For a slot request (LLMClient.slot_logprobs_many): per slot, candidate -> next-token logprob."""
-
-
-def _litellm():
-    """Import litellm offline (its cost map otherwise comes from the internet) and quiet."""
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    import litellm
-
-    litellm.suppress_debug_info = True  # it prints help banners to stdout on every error otherwise
-    for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):  # two INFO lines per request otherwise
-        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
-    return litellm
-
-
-def scrub(text: str) -> str:
-    """Replace the value of every *_API_KEY / *_TOKEN environment variable in `text` by ***."""
-    secrets = [v for k, v in os.environ.items() if k.upper().endswith(("_API_KEY", "_TOKEN")) and len(v) >= 4]
-    for secret in sorted(secrets, key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
-
-
-def _error_text(exc: BaseException, limit: int = 500) -> str:
-    """A short, key-free reason for a failed request."""
-    text = scrub(f"{type(exc).__name__}: {exc}".strip())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _retry_after(exc: BaseException) -> float | None:
-    """Seconds the server asked us to wait (Retry-After: seconds or an HTTP date), if the error carries it."""
-    # litellm keeps the provider's headers in litellm_response_headers; its `response` is a stand-in
-    places = (getattr(exc, "litellm_response_headers", None), getattr(exc, "headers", None),
-              getattr(getattr(exc, "response", None), "headers", None))  # fmt: skip
-    for headers in places:
-        try:
-            value = headers.get("retry-after") if headers else None
-        except (AttributeError, TypeError):  # an odd header object
-            continue
-        if value is None:
-            continue
-        try:
-            wait = float(value)
-        except ValueError:
-            try:
-                wait = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
-            except (TypeError, ValueError):
-                continue
-        return min(MAX_RETRY_AFTER_S, max(0.0, wait))
-    return None
-
-
-def is_retryable(exc: BaseException) -> bool:
-    """Rate limits, server errors, timeouts and connection errors are worth retrying; the rest is not."""
-    litellm = _litellm()
-    if isinstance(
-        exc, litellm.ContextWindowExceededError | litellm.AuthenticationError | litellm.BadRequestError
-    ):
-        return False
-    if isinstance(exc, litellm.Timeout | litellm.APIConnectionError | asyncio.TimeoutError | ConnectionError):
-        return True
-    status = getattr(exc, "status_code", None)
-    return isinstance(status, int) and (status in RETRYABLE_STATUS or status >= 500)
-
-
-def _rejects_logprobs(exc: BaseException) -> bool:
-    """True when the provider refused the request because of the logprobs parameters."""
-    litellm = _litellm()
-    return (
-        isinstance(exc, litellm.UnsupportedParamsError | litellm.BadRequestError)
-        and "logprob" in str(exc).lower()
-    )
-
-
-def _parse_logprobs(choice: Any) -> tuple[TokenLogprob, ...] | None:
-    """Read OpenAI-style `choice.logprobs.content` into TokenLogprobs (None if absent)."""
-    lp = getattr(choice, "logprobs", None)
-    content = lp.get("content") if isinstance(lp, dict) else getattr(lp, "content", None)
-    if not content:
-        return None
-    get = lambda o, k: o.get(k) if isinstance(o, dict) else getattr(o, k, None)  # noqa: E731
-    out = []
-    for entry in content:
-        token, logprob = get(entry, "token"), float(get(entry, "logprob"))
-        top: dict[str, float] = {}
-        for alt in get(entry, "top_logprobs") or []:
-            top.setdefault(get(alt, "token"), float(get(alt, "logprob")))  # first = likeliest on text clashes
-        top.setdefault(token, logprob)
-        out.append(TokenLogprob(token=token, logprob=logprob, top=top))
-    return tuple(out)
-
-
-def _completion_to_json(c: Completion) -> dict:
-    """A JSON-able record of a completion for the cache."""
-    return asdict(c) | {"logprobs": None if c.logprobs is None else [asdict(t) for t in c.logprobs]}
-
-
-def _completion_from_json(d: dict, latency_s: float) -> Completion:
-    """Rebuild a cached completion, marked cached, with the lookup's latency."""
-    lps = d["logprobs"]
-    lps = None if lps is None else tuple(TokenLogprob(t["token"], float(t["logprob"]), t["top"]) for t in lps)
-    fields = {k: d[k] for k in ("text", "status", "error", "prompt_tokens", "completion_tokens", "cost_usd")}
-    cached_tokens = int(d.get("cached_tokens", 0))
-    slots = d.get("slot_logprobs")
-    return Completion(**fields, latency_s=latency_s, cached=True, logprobs=lps, cached_tokens=cached_tokens,
-                      slot_logprobs=None if slots is None else tuple(slots))  # fmt: skip
-
-
-def check_budget(budget: dict | None) -> dict | None:
-    """Validate a `budget` mapping (max_usd, max_tokens, optional ledger folder); None means no limit."""
-    if budget is None:
-        return None
-    if not isinstance(budget, dict):
-        raise ValueError(f"budget must be a mapping with keys {BUDGET_KEYS}, got {budget!r}")
-    if unknown := sorted(set(budget) - set(BUDGET_KEYS)):
-        raise ValueError(f"budget has unknown keys {unknown}; allowed: {list(BUDGET_KEYS)}")
-    for key, kind in (("max_usd", (int, float)), ("max_tokens", (int,))):
-        value = budget.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, kind) or value < 0):
-            raise ValueError(f"budget.{key} must be null or a number >= 0, got {value!r}")
-    return dict(budget)
-
-
-class SpendLedger:
-    """Tokens and dollars of uncached LLM replies, shared across processes through a folder.
-
-    Each ledger appends JSON lines to its own file (so writers never contend); totals sum every file of
-    the folder, re-reading other files only from where it left off and at most every LEDGER_REFRESH_S.
-    Without a folder the ledger only counts this process's spending.
-    """
-
-    def __init__(self, folder: str | Path | None):
-        self.folder = None if folder is None else Path(folder)
-        name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
-        self.path = None if self.folder is None else self.folder / name
-        self.tokens, self.usd, self.unpriced = 0, 0.0, 0  # this ledger's own spending
-        self._others: dict[str, tuple[int, int, float]] = {}  # file name -> (bytes read, tokens, usd)
-        self._scanned = -float("inf")
-        self._lock = threading.Lock()
-
-    def record(self, model: str, prompt_tokens: int, completion_tokens: int, cost_usd: float | None) -> None:
-        """Add one reply's spending (unknown prices count as $0 and are tallied as unpriced)."""
-        line = {"time": time.time(), "model": model, "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens, "cost_usd": cost_usd}  # fmt: skip
-        with self._lock:
-            self.tokens += prompt_tokens + completion_tokens
-            self.usd += cost_usd or 0.0
-            self.unpriced += cost_usd is None
-            if self.path is None:
-                return
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                with open(self.path, "a", encoding="utf-8") as f:  # one short write: lines never interleave
-                    f.write(json.dumps(line) + "\n")
-            except OSError as exc:  # this process still counts it; other processes will not see it
-                log.warning("could not write the LLM spend ledger %s: %s", self.path, exc)
-
-    def _read_others(self) -> None:
-        """Fold in what other ledgers of the folder appended since the last look."""
-        if self.folder is None or not self.folder.is_dir():
-            return
-        for entry in os.scandir(self.folder):
-            if not entry.name.endswith(".jsonl") or self.path is not None and entry.name == self.path.name:
-                continue
-            done, tokens, usd = self._others.get(entry.name, (0, 0, 0.0))
-            if entry.stat().st_size <= done:
-                continue
-            with open(entry.path, "rb") as f:
-                f.seek(done)
-                chunk = f.read()
-            chunk = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written is read next time
-            for raw in chunk.splitlines():
-                try:
-                    rec = json.loads(raw)
-                    tokens += int(rec["prompt_tokens"]) + int(rec["completion_tokens"])
-                    usd += float(rec["cost_usd"] or 0.0)
-                except (ValueError, KeyError, TypeError):
-                    log.warning("ignoring a corrupt line of the LLM spend ledger %s", entry.path)
-            self._others[entry.name] = (done + len(chunk), tokens, usd)
-
-    def totals(self, max_age_s: float = LEDGER_REFRESH_S) -> tuple[int, float]:
-        """(tokens, usd) spent by every ledger of the folder; others' part at most `max_age_s` old."""
-        with self._lock:
-            if time.monotonic() - self._scanned >= max_age_s:
-                try:
-                    self._read_others()
-                except OSError as exc:  # keep the last known totals rather than failing the request
-                    log.warning("could not read the LLM spend ledger %s: %s", self.folder, exc)
-                self._scanned = time.monotonic()
-            others = self._others.values()
-            return self.tokens + sum(t for _, t, _ in others), self.usd + sum(u for _, _, u in others)
 
 
 def check_credentials(model: str, api_base: str | None = None) -> None:
@@ -369,35 +139,9 @@ class LLMClient:
         blob = json.dumps(request, sort_keys=True, ensure_ascii=False, default=str)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
-    def _cache_path(self, key: str) -> Path | None:
-        """Where the cache entry of `key` lives, or None without a cache."""
-        return None if self.cache_dir is None else self.cache_dir / key[:2] / f"{key}.json"
-
-    def _cache_get(self, key: str, start: float) -> Completion | None:
-        """The cached completion for `key`, or None (a corrupt entry counts as missing)."""
-        path = self._cache_path(key)
-        if path is None or not path.is_file():
-            return None
-        try:
-            return _completion_from_json(json.loads(path.read_text("utf-8")), time.perf_counter() - start)
-        except (OSError, ValueError, KeyError, TypeError) as exc:  # unreadable: ask the provider again
-            log.warning("ignoring unreadable LLM cache entry %s: %s", path, exc)
-            return None
-
-    def _cache_put(self, key: str, completion: Completion) -> None:
-        """Store a successful completion atomically (a failed write costs a re-ask later, not the reply)."""
-        path = self._cache_path(key)
-        if path is None or completion.status != "ok":
-            return
-        try:
-            with atomic_path(path) as tmp:
-                tmp.write_text(json.dumps(_completion_to_json(completion), ensure_ascii=False), "utf-8")
-        except OSError as exc:
-            log.warning("could not cache an LLM reply in %s: %s", path, exc)
-
     def _ensure_local(self) -> None:
         """Load the local GGUF and register it with litellm, once."""
-        from interpflow.local_llm import register_local_model
+        from interpflow.llm.local_provider import register_local_model
 
         with self._load_lock:
             if self.local_model is None:
@@ -533,7 +277,7 @@ class LLMClient:
         """
         start = time.perf_counter()
         key = self.cache_key(messages, slots)
-        if (hit := self._cache_get(key, start)) is not None:
+        if (hit := cache_get(self.cache_dir, key, start)) is not None:
             return hit
         # an in-process model is deterministic: asking it again would give the same empty reply
         retries = 0 if self.is_local else min(self.max_retries, MAX_EMPTY_RETRIES)
@@ -543,7 +287,7 @@ class LLMClient:
                 break
             if attempt < retries:
                 log.info("empty reply from %s; asking again (%d/%d)", self.model, attempt + 1, retries)
-        await asyncio.to_thread(self._cache_put, key, completion)  # file I/O off the event loop
+        await asyncio.to_thread(cache_put, self.cache_dir, key, completion)  # file I/O off the event loop
         return completion
 
     async def _attempt(self, messages: list[dict], slots: dict | None) -> Completion:
@@ -619,7 +363,7 @@ class LLMClient:
     def close(self) -> None:
         """Free the local model, if one was loaded."""
         if self.local_model is not None:
-            from interpflow.local_llm import unregister_local_model
+            from interpflow.llm.local_provider import unregister_local_model
 
             unregister_local_model(self.model[len(LOCAL_PREFIX) :])
             self.local_model = None

@@ -1,0 +1,17 @@
+"""litellm, through which every LLM request goes: imported offline and quiet."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+
+def _litellm():
+    """Import litellm offline (its cost map otherwise comes from the internet) and quiet."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    litellm.suppress_debug_info = True  # it prints help banners to stdout on every error otherwise
+    for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):  # two INFO lines per request otherwise
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
+    return litellm

@@ -1,0 +1,12 @@
+"""TopK sparse autoencoder (Gao et al. 2024, "Scaling and evaluating sparse autoencoders") and its trainer.
+
+Modules, each importing only those above it:
+
+- `model`: TopKSAE (encode, decode, the forward pass with fvu and AuxK loss, save and load) and ForwardOutput
+- `train`: the initialisation, the training config and the training loop, train_sae
+- `batches`: shuffled training batches and the initialisation sample read from activations.h5
+- `step`: the workflow steps, train_sae_from_h5 and random_sae_from_h5 (the untrained control)
+
+This file imports nothing: the workflow gives each rule the files of its script's import closure as inputs,
+so importing one submodule must not pull in the others.
+"""

@@ -1,0 +1,112 @@
+"""One latent's windows: the sampler settings, quantile-stratified train and test windows (never shared),
+random non-activating windows and the hard negatives."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from interpflow.sampling.hard import _hardest
+
+# Paulo et al. set aside latents with fewer than 200 activations over their 10M tokens (rare or dead ones)
+MIN_ACTIVATIONS = 200
+
+
+def _settings(cfg: dict, ctx_len: int) -> dict[str, int]:
+    """Read and check the sampler settings, with the paper's defaults."""
+    s = {
+        "example_ctx_len": cfg.get("example_ctx_len", 32),
+        "n_train": cfg.get("n_train", 40),
+        "n_test": cfg.get("n_test", 100),
+        "n_nonactivating": cfg.get("n_nonactivating", 100),
+        "n_train_nonactivating": cfg.get("n_train_nonactivating", 0),
+        "n_quantiles": cfg.get("n_quantiles", 10),
+        "seed": cfg.get("seed", 0),
+    }
+    if "min_activating" in cfg:
+        raise ValueError(
+            "sampler setting min_activating (activating windows) was replaced by min_activations: the "
+            "number of activations (tokens where the latent is nonzero) a latent needs to be sampled"
+        )
+    s["min_activations"] = cfg.get("min_activations", MIN_ACTIVATIONS)
+    for key, value in s.items():
+        if not isinstance(value, int) or value < 0:
+            raise ValueError(f"sampler setting {key} must be a non-negative integer, got {value!r}")
+    if s["example_ctx_len"] < 1 or ctx_len % s["example_ctx_len"]:
+        raise ValueError(f"example_ctx_len ({s['example_ctx_len']}) must divide the context length {ctx_len}")
+    if s["n_quantiles"] < 1:
+        raise ValueError("n_quantiles must be at least 1")
+    return s
+
+
+def _stratified(bins: np.ndarray, n: int, n_bins: int, rng: np.random.Generator) -> np.ndarray:
+    """Pick min(n, len(bins)) indices, about n / n_bins per bin; short bins are filled from the others."""
+    n = min(n, bins.size)
+    quota = np.full(n_bins, n // n_bins)
+    quota[rng.permutation(n_bins)[: n % n_bins]] += 1  # spread the remainder over random bins
+    prio = rng.permutation(bins.size)  # random rank of every candidate
+    order = np.lexsort((prio, bins))  # by bin, then by random rank
+    rank_in_bin = np.arange(bins.size) - np.searchsorted(bins[order], bins[order])
+    take = rank_in_bin < quota[bins[order]]
+    chosen, rest = order[take], order[~take]
+    fill = rest[np.argsort(prio[rest])[: n - chosen.size]]
+    return np.concatenate([chosen, fill])
+
+
+def _inactive_windows(active: np.ndarray, n_windows: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Draw n distinct window ids uniformly among those not in the sorted array `active`."""
+    n_inactive = n_windows - active.size
+    r = np.sort(rng.choice(n_inactive, size=min(n, n_inactive), replace=False))
+    # the r-th inactive window skips every active id a[i] with a[i] - i <= r inactive windows before it
+    return r + np.searchsorted(active - np.arange(active.size), r, side="right")
+
+
+def _run_starts(sorted_ids: np.ndarray) -> np.ndarray:
+    """Index of the first element of each run of equal values in a sorted array (np.unique's return_index)."""
+    new = np.ones(sorted_ids.size, bool)
+    new[1:] = sorted_ids[1:] != sorted_ids[:-1]
+    return np.flatnonzero(new)
+
+
+def _sample_windows(
+    pos: np.ndarray,
+    vals: np.ndarray,
+    n_windows: int,
+    s: dict[str, int],
+    rng: np.random.Generator,
+    hard_score: np.ndarray | None = None,
+    n_hard: int = 0,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Choose one latent's windows: returns (window ids, their split/activating/quantile/negative columns)."""
+    # flat window id; ctx_len % L == 0 keeps every window inside one sequence
+    wid = pos.astype(np.int64) // s["example_ctx_len"]
+    first = _run_starts(wid)  # positions ascend within a latent, so window ids come in sorted runs
+    active = wid[first]  # [n_act], sorted
+    max_act = np.maximum.reduceat(vals.astype(np.float32), first)
+    rank = np.empty(active.size, np.int64)
+    rank[np.argsort(max_act, kind="stable")] = np.arange(active.size)
+    bins = rank * s["n_quantiles"] // active.size  # equal-count bins, 0 = weakest
+    train = _stratified(bins, s["n_train"], s["n_quantiles"], rng)
+    left = np.setdiff1d(np.arange(active.size), train)  # test never reuses a train window
+    test = left[_stratified(bins[left], s["n_test"], s["n_quantiles"], rng)]
+    train, test = np.sort(train), np.sort(test)
+    inactive = _inactive_windows(active, n_windows, s["n_nonactivating"], rng)
+    # the draws below are skipped when off, so default settings give the same windows as before
+    used = np.union1d(active, inactive)
+    train_inactive = np.empty(0, np.int64)
+    if s["n_train_nonactivating"]:
+        train_inactive = _inactive_windows(used, n_windows, s["n_train_nonactivating"], rng)
+        used = np.union1d(used, train_inactive)
+    hard = np.empty(0, np.int64)
+    if hard_score is not None and n_hard:
+        hard = _hardest(hard_score, used, n_hard, rng)
+    parts = [active[train], active[test], inactive, train_inactive, hard]
+    group = np.repeat(np.arange(len(parts)), [p.size for p in parts])
+    cols = {
+        "split": np.where((group == 0) | (group == 3), "train", "test"),
+        "activating": group < 2,
+        "quantile": np.concatenate(
+            [bins[train], bins[test], np.full(group.size - train.size - test.size, -1)]
+        ),
+        "negative": np.array(["", "", "random", "random", "hard"], dtype=object)[group],
+    }
+    return np.concatenate(parts), cols
