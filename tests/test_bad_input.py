@@ -558,6 +558,11 @@ CONFIG_CASES = [
     pytest.param("models.smollm2", {"source": "gguf"}, ["models.smollm2.path"], id="model-path-missing"),
     pytest.param("runs", None, ["'runs' is a required property"], id="runs-missing"),
     pytest.param(
+        "explainers.qwen.select", {"by": "detection"},
+        ["explainers.qwen.select (with sampler 'small'): needs max_examples < samplers.small.n_train",
+         "needs samplers.small.n_train_nonactivating >= 1"], id="best-of-without-held-out-windows",
+    ),  # fmt: skip
+    pytest.param(
         "samplers.small.latents",
         {"n": 1000},
         ["samplers.small.latents.n: 1000 is more than the 64 latents"],

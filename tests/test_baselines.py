@@ -18,7 +18,7 @@ from interpflow.baselines import (
     run_top_tokens,
     top_tokens,
 )
-from interpflow.explain import EXPLANATION_COLUMNS
+from interpflow.explanations import EXPLANATION_COLUMNS
 from interpflow.store import read_parquet, write_parquet
 
 

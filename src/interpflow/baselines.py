@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from interpflow.explain import EXPLANATION_COLUMNS, explanation_row
+from interpflow.explanations import EXPLANATION_COLUMNS, explanation_row
 from interpflow.store import read_parquet, write_parquet
 
 log = logging.getLogger(__name__)

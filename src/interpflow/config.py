@@ -75,6 +75,7 @@ def check_config(config: dict, n_layers: dict[str, int] | None = None) -> None:
             problems.append(
                 f"explainers.{name}.source: must name an LLM explainer, got '{entry.get('source')}'"
             )
+    problems += _select_problems(config)
     for name, entry in config["scorers"].items():
         if entry.get("scorer_model") and entry["scorer_model"] not in config["models"]:
             problems.append(
@@ -82,6 +83,25 @@ def check_config(config: dict, n_layers: dict[str, int] | None = None) -> None:
             )
     if problems:
         raise ValueError("invalid config:\n  " + "\n  ".join(dict.fromkeys(problems)))
+
+
+def _select_problems(config: dict) -> list[str]:
+    """A best-of explainer (`select`) needs held-out train windows from every sampler it runs with."""
+    problems = []
+    for run in config["runs"]:
+        sampler = config["samplers"].get(run["sampler"], {})
+        for name in run["explainers"]:
+            entry = config["explainers"].get(name, {})
+            if not entry.get("select"):
+                continue
+            where = f"explainers.{name}.select (with sampler '{run['sampler']}')"
+            n_train = sampler.get("n_train", 0)
+            if (entry.get("max_examples") or n_train + 1) >= n_train:
+                held = "so some activating train windows stay hidden from the explainer"
+                problems.append(f"{where}: needs max_examples < samplers.{run['sampler']}.n_train, {held}")
+            if not sampler.get("n_train_nonactivating"):
+                problems.append(f"{where}: needs samplers.{run['sampler']}.n_train_nonactivating >= 1")
+    return problems
 
 
 def known_layers(config: dict, results: str | os.PathLike = "results") -> dict[str, int]:

@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 
 from interpflow import prompts
+from interpflow.best_of import candidates_of, check_select, heldout_windows, select_best
+from interpflow.explanations import EXPLANATION_COLUMNS, explanation_row
 from interpflow.llm.client import raise_on_outage
 from interpflow.store import read_parquet, write_parquet
 
@@ -18,20 +20,6 @@ log = logging.getLogger(__name__)
 
 MAX_EXPLANATION_CHARS = 300
 PROMPTS = ("default", "contrastive")  # cfg["prompt"]: contrastive also shows non-activating train windows
-EXPLANATION_COLUMNS = {
-    "latent": "int64",
-    "explanation": "object",
-    "status": "object",
-    "error": "object",
-    "completion": "object",
-    "model": "object",
-    "prompt_tokens": "int64",
-    "completion_tokens": "int64",
-    "cached_tokens": "int64",
-    "cost_usd": "float64",
-    "latency_s": "float64",
-    "cached": "bool",
-}
 
 # the marker may carry markdown around it: "**Explanation:**", "- `Explanation`:", "> Explanation -"
 _MARKER = re.compile(r"^[\s>*_#`\-•]*explanation[\s*_`]*[:\-–][\s*_]*(.*)$", re.IGNORECASE)
@@ -124,25 +112,6 @@ def _select_counterexamples(ex: pd.DataFrame, max_examples: int | None) -> pd.Da
     return _thin(ex.sort_values("example_id", kind="stable"), max_examples)
 
 
-def explanation_row(latent: int, model: str, **kw) -> dict:
-    """One explanations row with the defaults of a latent that made no LLM call (a skipped one)."""
-    row = dict(
-        latent=int(latent),
-        explanation=None,
-        status="skipped",
-        error="",
-        completion=None,
-        model=model,
-        prompt_tokens=0,
-        completion_tokens=0,
-        cached_tokens=0,
-        cost_usd=0.0,
-        latency_s=0.0,
-        cached=False,
-    )
-    return row | kw
-
-
 def explain_latents(examples: pd.DataFrame, latents: pd.DataFrame, cfg: dict, client) -> pd.DataFrame:
     """Explain every selected latent (one row per row of `latents`; skipped latents make no LLM call)."""
     max_examples = cfg.get("max_examples")
@@ -205,6 +174,31 @@ def explain_latents(examples: pd.DataFrame, latents: pd.DataFrame, cfg: dict, cl
     return out.astype(EXPLANATION_COLUMNS)
 
 
+def shown_windows(examples: pd.DataFrame, cfg: dict) -> pd.MultiIndex:
+    """(latent, example_id) of every window the explainer's prompt shows (its examples and counterexamples);
+    example ids are numbered per latent."""
+    shown = []
+    for _, group in examples.groupby("latent", sort=False):
+        shown.append(_select_examples(group, cfg.get("max_examples")))
+        if cfg.get("prompt", "default") == "contrastive":
+            shown.append(_select_counterexamples(group, cfg.get("max_examples")))
+    keys = pd.concat(shown)[["latent", "example_id"]] if shown else examples[["latent", "example_id"]][:0]
+    return pd.MultiIndex.from_frame(keys)
+
+
+def explain_and_select(examples: pd.DataFrame, latents: pd.DataFrame, cfg: dict, client) -> pd.DataFrame:
+    """explain_latents, then, with the option `select`, the best-of choice among the LLM's explanation and the
+    other candidates, judged on held-out train windows by the same client (interpflow.best_of)."""
+    out = explain_latents(examples, latents, cfg, client)
+    raise_on_outage(out, "explain", client)  # before any judge call: an outage is not a candidate
+    if not cfg.get("select"):
+        return out
+    select = check_select(cfg["select"])
+    shown = shown_windows(examples, cfg)
+    candidates = candidates_of(out, examples, latents, shown, select)
+    return select_best(candidates, heldout_windows(examples, shown), select, client, int(cfg.get("seed", 0)))
+
+
 def run_explain(
     examples_path: str | os.PathLike,
     latents_path: str | os.PathLike,
@@ -224,10 +218,9 @@ def run_explain(
         from interpflow.llm.client import LLMClient
 
         with LLMClient.from_config(cfg["llm"], cache_dir=cache_dir, local_gguf=local_gguf) as client:
-            out = explain_latents(examples, latents, cfg, client)
+            out = explain_and_select(examples, latents, cfg, client)
     else:
-        out = explain_latents(examples, latents, cfg, client)
-    raise_on_outage(out, "explain", client)
+        out = explain_and_select(examples, latents, cfg, client)
     write_parquet(out, out_path)
     counts = out["status"].value_counts().to_dict()
     log.info(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from interpflow.explain import EXPLANATION_COLUMNS, explanation_row
+from interpflow.explanations import EXPLANATION_COLUMNS, explanation_row
 from interpflow.store import read_parquet, write_parquet
 
 log = logging.getLogger(__name__)
