@@ -128,3 +128,9 @@ def test_without_select_nothing_is_judged():
 def test_bad_select_options_are_named(select, needle):
     with pytest.raises(ValueError, match=needle):
         check_select(select)
+
+
+def test_an_empty_select_means_the_defaults():
+    examples, latents = _shard()
+    out = explain_and_select(examples, latents, {"max_examples": 3, "select": {}}, Model(GENERIC))
+    assert out["candidate"].tolist() == ["top-tokens", "top-tokens"]

@@ -351,3 +351,13 @@ def test_write_estimate_and_cli(tmp_path, tiny, est, capsys):
         main([str(path), "--set", "samplers.s.n_test"])
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         main([str(tmp_path / "nope.yaml")])
+
+
+def test_best_of_adds_the_judge_calls_on_held_out_windows(tiny):
+    """select: each candidate is judged on the held-out train windows, counted as the detection scorer's."""
+    cfg = copy.deepcopy(tiny)
+    cfg["samplers"]["s"]["n_train_nonactivating"] = 3
+    cfg["explainers"]["api"] |= {"max_examples": 6, "select": {}}  # {}: the defaults, two candidates
+    ex = row(estimate_run(cfg), "explain", dictionary="d", explainer="api")
+    # per latent: 1 explanation + 2 candidates x (4 activating held out + 3 non-activating, 5 per prompt)
+    assert ex["llm_calls"] == 9 * (1 + 2 * math.ceil((4 + 3) / 5))

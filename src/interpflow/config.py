@@ -92,7 +92,7 @@ def _select_problems(config: dict) -> list[str]:
         sampler = config["samplers"].get(run["sampler"], {})
         for name in run["explainers"]:
             entry = config["explainers"].get(name, {})
-            if not entry.get("select"):
+            if entry.get("select") is None:
                 continue
             where = f"explainers.{name}.select (with sampler '{run['sampler']}')"
             n_train = sampler.get("n_train", 0)

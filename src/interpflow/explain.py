@@ -191,7 +191,7 @@ def explain_and_select(examples: pd.DataFrame, latents: pd.DataFrame, cfg: dict,
     other candidates, judged on held-out train windows by the same client (interpflow.best_of)."""
     out = explain_latents(examples, latents, cfg, client)
     raise_on_outage(out, "explain", client)  # before any judge call: an outage is not a candidate
-    if not cfg.get("select"):
+    if cfg.get("select") is None:  # {} selects with the defaults
         return out
     select = check_select(cfg["select"])
     shown = shown_windows(examples, cfg)

@@ -108,7 +108,16 @@ def explain_requests(
     explain_latents(examples, latents, cfg, client)
     cap = int(cfg["llm"].get("max_tokens") or 256)
     out = cap if cfg.get("cot") else min(count(reply), cap)  # a reasoning reply's length is unknown
-    return [(message_tokens(r, count), out, cap) for r in client.requests]
+    requests = [(message_tokens(r, count), out, cap) for r in client.requests]
+    if cfg.get("select") is not None:  # best-of: the model judges each candidate on the held-out windows
+        from interpflow.best_of import check_select, heldout_windows
+        from interpflow.explain import shown_windows
+
+        select = check_select(cfg["select"])
+        heldout = heldout_windows(examples, shown_windows(examples, cfg))
+        judge = {"kind": select["by"], "llm": cfg["llm"]}
+        requests += len(select["candidates"]) * score_requests(heldout, judge, count)
+    return requests
 
 
 def _labels_reply(n: int) -> str:
