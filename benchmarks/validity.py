@@ -215,7 +215,9 @@ def main() -> int:
     say(planted.to_string(index=False))
     rows = measure(lay, planted)
     show(rows)
-    about = dict(config=str(args.config), planted=planted.to_dict("records"), rows=rows)
+    config = args.config.resolve()
+    shown = config.relative_to(REPO) if config.is_relative_to(REPO) else config
+    about = dict(config=str(shown), planted=planted.to_dict("records"), rows=rows)
     OUT.write_text(json.dumps(about, indent=2, default=float) + "\n")
     say(f"\nwritten: {OUT}")
     return 0

@@ -70,9 +70,12 @@ def test_timing_table_from_step_logs(tmp_path):
     from interpflow.readme import timing_table
 
     logs = tmp_path / "logs"
-    steps = [("models/gemma.log", 46.0), ("wiki/gemma/h/d/s/qwen/explain-0.log", 60.0),
-             ("wiki/gemma/h/d/s/qwen/explain-1.log", 30.0),
-             ("wiki/gemma/h/d/s/qwen/detection/score-0.log", 90.0)]
+    steps = [
+        ("models/gemma.log", 46.0),
+        ("wiki/gemma/h/d/s/qwen/explain-0.log", 60.0),
+        ("wiki/gemma/h/d/s/qwen/explain-1.log", 30.0),
+        ("wiki/gemma/h/d/s/qwen/detection/score-0.log", 90.0),
+    ]
     for i, (rel, seconds) in enumerate(steps):
         (logs / rel).parent.mkdir(parents=True, exist_ok=True)
         (logs / rel).write_text(f"INFO something\nINFO interpflow: step took {seconds} s\n")
@@ -84,3 +87,32 @@ def test_timing_table_from_step_logs(tmp_path):
         "| score: detection | 1 | 1.5 |",
         "| total | 4 | 3.8 |",
     ]
+
+
+def test_the_validity_table_is_spliced_from_the_benchmark_json(tmp_path):
+    import json
+
+    from interpflow.readme import VALIDITY_BEGIN, VALIDITY_END
+
+    write_parquet(comparisons(), tmp_path / "comparisons.parquet")
+    write_parquet(aggregates(), tmp_path / "aggregates.parquet")
+    rows = [
+        dict(
+            measure="oracle, fuzzing AUROC (median)",
+            value=0.8361,
+            target=">= 0.85",
+            met=False,
+            note="8 of 8 latents ok",
+        ),
+        dict(measure="named", value="2 of 8", target=">= 4 of 5", met=False),
+    ]
+    about = {"config": "/somewhere/config/validity.yaml", "planted": [{}] * 16, "rows": rows}
+    (tmp_path / "validity.json").write_text(json.dumps(about))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{BEGIN}\n{END}\nmid\n{VALIDITY_BEGIN}\nold 0.74\n{VALIDITY_END}\nend\n")
+    update_readme(readme, tmp_path, validity_json=tmp_path / "validity.json")
+    text = readme.read_text()
+    assert "old 0.74" not in text and text.endswith(VALIDITY_END + "\nend\n")
+    assert "| oracle, fuzzing AUROC (median) | 0.836 | >= 0.85 | **not met** |" in text
+    assert "| named | 2 of 8 | >= 4 of 5 | **not met** |" in text
+    assert "`config/validity.yaml` (16 latents" in text and "- oracle, fuzzing AUROC (median): 8 of 8" in text
