@@ -219,7 +219,10 @@ def main() -> int:
     shown = config.relative_to(REPO) if config.is_relative_to(REPO) else config
     about = dict(config=str(shown), planted=planted.to_dict("records"), rows=rows)
     OUT.write_text(json.dumps(about, indent=2, default=float) + "\n")
-    say(f"\nwritten: {OUT}")
+    from interpflow.readme import update_validity
+
+    update_validity(REPO / "README.md", OUT)  # the README's table, from the JSON just written
+    say(f"\nwritten: {OUT} and the README's planted-benchmark table")
     return 0
 
 

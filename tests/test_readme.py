@@ -92,10 +92,8 @@ def test_timing_table_from_step_logs(tmp_path):
 def test_the_validity_table_is_spliced_from_the_benchmark_json(tmp_path):
     import json
 
-    from interpflow.readme import VALIDITY_BEGIN, VALIDITY_END
+    from interpflow.readme import VALIDITY_BEGIN, VALIDITY_END, update_validity
 
-    write_parquet(comparisons(), tmp_path / "comparisons.parquet")
-    write_parquet(aggregates(), tmp_path / "aggregates.parquet")
     rows = [
         dict(
             measure="oracle, fuzzing AUROC (median)",
@@ -110,9 +108,10 @@ def test_the_validity_table_is_spliced_from_the_benchmark_json(tmp_path):
     (tmp_path / "validity.json").write_text(json.dumps(about))
     readme = tmp_path / "README.md"
     readme.write_text(f"{BEGIN}\n{END}\nmid\n{VALIDITY_BEGIN}\nold 0.74\n{VALIDITY_END}\nend\n")
-    update_readme(readme, tmp_path, validity_json=tmp_path / "validity.json")
+    update_validity(readme, tmp_path / "validity.json")
     text = readme.read_text()
-    assert "old 0.74" not in text and text.endswith(VALIDITY_END + "\nend\n")
+    assert "old 0.74" not in text and text.startswith(f"{BEGIN}\n{END}\nmid\n")  # the rest untouched
+    assert text.endswith(VALIDITY_END + "\nend\n")
     assert "| oracle, fuzzing AUROC (median) | 0.836 | >= 0.85 | **not met** |" in text
     assert "| named | 2 of 8 | >= 4 of 5 | **not met** |" in text
     assert "`config/validity.yaml` (16 latents" in text and "- oracle, fuzzing AUROC (median): 8 of 8" in text
