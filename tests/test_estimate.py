@@ -354,7 +354,7 @@ def test_write_estimate_and_cli(tmp_path, tiny, est, capsys):
 
 
 def test_best_of_adds_the_judge_calls_on_held_out_windows(tiny):
-    """select: each candidate is judged on the held-out train windows, counted as the detection scorer's."""
+    """select: each candidate is judged on the held-out train windows, counted as the fuzzing scorer's."""
     cfg = copy.deepcopy(tiny)
     cfg["samplers"]["s"]["n_train_nonactivating"] = 3
     cfg["explainers"]["api"] |= {"max_examples": 6, "select": {}}  # {}: the defaults, two candidates

@@ -1,14 +1,15 @@
 """Best-of explanations (issue 13): each latent's candidate explanations judged on held-out train windows.
 
 A small explainer often names a theme where the latent fires on one token (a comma, a digit): on the planted
-benchmark Qwen2.5-Coder-1.5B named none of 8 planted properties, even with the active tokens' counts in its
-prompt. With the explainer option `select`, the step also describes the windows the explainer was shown by
-their top tokens (interpflow.baselines.top_tokens), then the explainer's own model judges the latent's
-*held-out train* windows under each candidate, with the detection or fuzzing prompt of the scorers, and keeps
-the candidate of larger AUROC (ties: the earlier in `candidates`). The held-out windows are the activating
-train windows not shown to the explainer (so `max_examples` must be below the sampler's `n_train`) and the
-sampler's non-activating train windows (`n_train_nonactivating`). Test windows are never read, so the
-scorers' later scores stay held out; the judge calls' tokens and cost are added to the chosen row's.
+benchmark Qwen2.5-Coder-1.5B named 3 of 8 planted properties from 10 examples (benchmarks/explainers.json),
+and adding the active tokens' counts to its prompt did not help. With the explainer option `select`, the step
+also describes the windows the explainer was shown by their top tokens (interpflow.baselines.top_tokens), then
+the explainer's own model judges the latent's *held-out train* windows under each candidate, with the
+detection or fuzzing prompt of the scorers, and keeps the candidate of larger AUROC (ties: the earlier in
+`candidates`). The held-out windows are the activating train windows not shown to the explainer (so
+`max_examples` must be below the sampler's `n_train`) and the sampler's non-activating train windows
+(`n_train_nonactivating`). Test windows are never read, so the scorers' later scores stay held out; the judge
+calls' tokens and cost are added to the chosen row's.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ USAGE = ("prompt_tokens", "completion_tokens", "cached_tokens", "cost_usd")
 
 def check_select(select: dict) -> dict:
     """The `select` options with their defaults: candidates (llm first), by (the judge prompt), n_tokens."""
-    out = {"candidates": ["llm", "top-tokens"], "by": "detection", "n_tokens": 5} | dict(select)
+    # by fuzzing: on the planted benchmark it kept the better candidate far more often than detection
+    # (benchmarks/explainers.json: 7 vs 4 of 8 explanations naming their property)
+    out = {"candidates": ["llm", "top-tokens"], "by": "fuzzing", "n_tokens": 5} | dict(select)
     if unknown := sorted(set(out) - {"candidates", "by", "n_tokens"}):
         raise ValueError(f"explainer option select has unknown keys {unknown}")
     cands = list(out["candidates"])
