@@ -70,27 +70,26 @@ def candidates_of(llm: pd.DataFrame, examples: pd.DataFrame, latents: pd.DataFra
 
 def select_best(candidates: dict[str, pd.DataFrame], heldout: pd.DataFrame, select: dict, client,
                 seed: int = 0) -> pd.DataFrame:  # fmt: skip
-    """Per latent, the candidate whose explanation the judge scores best on `heldout` (SELECTED_COLUMNS)."""
+    """Per latent, the candidate whose explanation the judge scores best on `heldout` (SELECTED_COLUMNS);
+    its cost columns hold every candidate's own cost plus every judge call made for the latent."""
     judge = {"kind": select["by"], "name": f"select-{select['by']}", "seed": seed}
-    aurocs, usage = {}, {}
-    for name, table in candidates.items():
-        _, metrics = score_latents(heldout, table, judge, client)
-        m = metrics.set_index("latent")
-        aurocs[name] = m["auroc"].where(m["status"] == "ok").astype(float)
-        usage[name] = m.reindex(columns=list(USAGE)).fillna(0)
-    first = next(iter(candidates.values())).set_index("latent", drop=False)
     names = list(candidates)
-    table = pd.DataFrame({n: aurocs[n].reindex(first.index) for n in names})  # [latent, candidate]
-    filled = table.fillna(-np.inf).to_numpy()
+    tables = {n: t.set_index("latent", drop=False) for n, t in candidates.items()}
+    latents = tables[names[0]].index
+    aurocs, cost = [], pd.DataFrame(0.0, index=latents, columns=list(USAGE))
+    for name in names:
+        _, metrics = score_latents(heldout, candidates[name], judge, client)
+        m = metrics.set_index("latent").reindex(latents)
+        aurocs.append(m["auroc"].where(m["status"] == "ok").astype(float).to_numpy())
+        cost += m[list(USAGE)].fillna(0) + tables[name][list(USAGE)].reindex(latents).fillna(0)
+    filled = np.nan_to_num(np.stack(aurocs, axis=1), nan=-np.inf)  # [latent, candidate]
     best = np.where(np.isfinite(filled).any(axis=1), filled.argmax(axis=1), 0)  # argmax: first of ties
-    rows = []
-    for i, lat in enumerate(first.index):
-        chosen = names[best[i]]
-        row = candidates[chosen].set_index("latent", drop=False).loc[lat].to_dict()
-        for key in USAGE:  # what the selection cost, on the row that paid for it
-            row[key] = first.loc[lat, key] + sum(usage[n][key].get(lat, 0) for n in names)
-        rows.append(row | {"candidate": chosen, "selection_auroc": table.iloc[i, best[i]]})
-    out = pd.DataFrame(rows, columns=list(SELECTED_COLUMNS)).astype(SELECTED_COLUMNS)
+    chosen = np.array(names, dtype=object)[best]
+    picked = filled[np.arange(len(best)), best]
+    out = pd.concat([tables[n].loc[latents[chosen == n]] for n in names]).reindex(latents)
+    out = out.assign(**{k: cost[k] for k in USAGE}, candidate=chosen,
+                     selection_auroc=np.where(np.isfinite(picked), picked, np.nan))  # fmt: skip
+    out = out.reset_index(drop=True).reindex(columns=list(SELECTED_COLUMNS)).astype(SELECTED_COLUMNS)
     log.info(
         "best-of %s on held-out train windows: chosen %s", names, out["candidate"].value_counts().to_dict()
     )

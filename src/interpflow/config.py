@@ -95,8 +95,8 @@ def _select_problems(config: dict) -> list[str]:
             if entry.get("select") is None:
                 continue
             where = f"explainers.{name}.select (with sampler '{run['sampler']}')"
-            n_train = sampler.get("n_train", 0)
-            if (entry.get("max_examples") or n_train + 1) >= n_train:
+            n_train, shown = sampler.get("n_train", 0), entry.get("max_examples")
+            if shown is None or shown >= n_train:
                 held = "so some activating train windows stay hidden from the explainer"
                 problems.append(f"{where}: needs max_examples < samplers.{run['sampler']}.n_train, {held}")
             if not sampler.get("n_train_nonactivating"):
