@@ -71,16 +71,17 @@ def llm(server: FaultServer, **kw) -> dict:
 
 
 def explain(data, server, cache, **kw) -> pd.DataFrame:
-    """run_explain (the workflow's explain step) over the test shard; its table."""
+    """run_explain (the workflow's explain step, entry `explainers.api-llm`) over the test shard."""
     run_explain(data / "examples.parquet", data / "latents.parquet", {"llm": llm(server, **kw)},
-                data / "explanations.parquet", cache_dir=cache)  # fmt: skip
+                data / "explanations.parquet", cache_dir=cache, name="api-llm")  # fmt: skip
     return read_parquet(data / "explanations.parquet")
 
 
 def score(data, server, cache, kind="detection", **kw) -> tuple[pd.DataFrame, pd.DataFrame]:
     """run_score / run_simulation (the workflow's score step) over the test shard; (predictions, metrics)."""
     run = run_simulation if kind == "simulation" else run_score
-    cfg = {"kind": kind, "examples_per_prompt": PER_PROMPT, "seed": 0, "llm": llm(server, **kw)}
+    cfg = {"kind": kind, "name": f"{kind}-api", "examples_per_prompt": PER_PROMPT, "seed": 0,
+           "llm": llm(server, **kw)}  # fmt: skip
     out = data / kind
     run(data / "examples.parquet", data / "explanations.parquet", cfg, out / "predictions.parquet",
         out / "metrics.parquet", cache_dir=cache)  # fmt: skip
@@ -353,13 +354,15 @@ def test_an_outage_fails_the_step_and_writes_nothing(data, server):
     """Every request failing (a dead server, a bad key) is not a result: the step raises, writes nothing, and
     so Snakemake reruns it next time; the next run with the server back sends every prompt."""
     server.fail_when(lambda body: True, "500")
-    with pytest.raises(RuntimeError, match="all 3 LLM requests of this explain step") as info:
+    with pytest.raises(RuntimeError, match="all 3 LLM requests of the explainers.api-llm step") as info:
         explain(data, server, data / "cache")
-    assert f"to '{MODEL}' at {server.url} failed" in str(info.value) and "llm.api_base" in str(info.value)
+    assert f"to '{MODEL}' at {server.url} failed" in str(info.value)
+    assert "check explainers.api-llm.llm.model, explainers.api-llm.llm.api_base" in str(info.value)
     assert not (data / "explanations.parquet").exists()
     server.clear()
     assert list(explain(data, server, data / "cache")["status"]) == ["ok", "ok", "ok", "skipped"]
     server.fail_when(lambda body: True, "drop")
-    with pytest.raises(RuntimeError, match=r"detection step to .* failed \(check the detection entry's llm"):
+    entry = r"scorers.detection-api step to .* failed \(check scorers.detection-api.llm.model"
+    with pytest.raises(RuntimeError, match=entry):
         score(data, server, data / "cache")
     assert not (data / "detection" / "metrics.parquet").exists()

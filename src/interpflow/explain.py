@@ -186,11 +186,14 @@ def shown_windows(examples: pd.DataFrame, cfg: dict) -> pd.MultiIndex:
     return pd.MultiIndex.from_frame(keys)
 
 
-def explain_and_select(examples: pd.DataFrame, latents: pd.DataFrame, cfg: dict, client) -> pd.DataFrame:
+def explain_and_select(
+    examples: pd.DataFrame, latents: pd.DataFrame, cfg: dict, client, name: str = "explain"
+) -> pd.DataFrame:
     """explain_latents, then, with the option `select`, the best-of choice among the LLM's explanation and the
-    other candidates, judged on held-out train windows by the same client (interpflow.best_of)."""
+    other candidates, judged on held-out train windows by the same client (interpflow.best_of).
+    `name` is the explainer's config entry, named in the error of an outage."""
     out = explain_latents(examples, latents, cfg, client)
-    raise_on_outage(out, "explain", client)  # before any judge call: an outage is not a candidate
+    raise_on_outage(out, f"explainers.{name}", client)  # before any judge call: an outage is not a candidate
     if cfg.get("select") is None:  # {} selects with the defaults
         return out
     select = check_select(cfg["select"])
@@ -208,8 +211,10 @@ def run_explain(
     cache_dir: str | os.PathLike | None,
     local_gguf: str | os.PathLike | None = None,
     client=None,
+    name: str = "explain",
 ) -> None:
-    """Workflow step: explain a shard's latents from its examples; write explanations-{shard}.parquet."""
+    """Workflow step: explain a shard's latents from its examples; write explanations-{shard}.parquet.
+    `name` is the explainer's entry under `explainers:` (for error messages only)."""
     if client is None and "llm" not in cfg:
         raise ValueError("explainer config needs an 'llm' section")
     t0 = time.perf_counter()
@@ -218,9 +223,9 @@ def run_explain(
         from interpflow.llm.client import LLMClient
 
         with LLMClient.from_config(cfg["llm"], cache_dir=cache_dir, local_gguf=local_gguf) as client:
-            out = explain_and_select(examples, latents, cfg, client)
+            out = explain_and_select(examples, latents, cfg, client, name)
     else:
-        out = explain_and_select(examples, latents, cfg, client)
+        out = explain_and_select(examples, latents, cfg, client, name)
     write_parquet(out, out_path)
     counts = out["status"].value_counts().to_dict()
     log.info(

@@ -387,7 +387,7 @@ def run_llm_scorer(
     ) as judge:
         predictions, metrics = score(examples, explanations, cfg, judge)
     name = str(cfg.get("name") or cfg.get("kind"))
-    raise_on_outage(predictions, name, judge)
+    raise_on_outage(predictions, f"scorers.{name}", judge)
     save_scores(predictions, metrics, predictions_out, metrics_out, name, time.perf_counter() - t0, schema)
 
 

@@ -10,4 +10,5 @@ with logged(snakemake.log[0], threads=snakemake.threads):
         snakemake.output[0],
         cache_dir=snakemake.params.cache_dir,
         local_gguf=snakemake.input.gguf or None,
+        name=snakemake.wildcards.explainer,
     )

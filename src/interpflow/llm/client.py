@@ -36,9 +36,10 @@ def check_credentials(model: str, api_base: str | None = None) -> None:
         )
 
 
-def raise_on_outage(table, what: str, client: LLMClient | None = None) -> None:
+def raise_on_outage(table, entry: str, client: LLMClient | None = None) -> None:
     """Fail a step, writing nothing, when every LLM request it made failed (the budget aside): that is an
-    outage or a wrong setting, not a result; a failed job is rerun next time, a written one is not."""
+    outage or a wrong setting, not a result; a failed job is rerun next time, a written one is not.
+    `entry` is the config entry whose `llm` section the step used, e.g. "explainers.qwen-1.5b"."""
     asked = table[table["status"].isin(["ok", "parse_error", "llm_error"])]
     errors = asked["error"].fillna("").astype(str)
     if len(asked) and (asked["status"] == "llm_error").all() and not errors.str.startswith("budget").any():
@@ -46,8 +47,8 @@ def raise_on_outage(table, what: str, client: LLMClient | None = None) -> None:
         if client is not None and client.api_base:
             to += f" at {client.api_base}"
         raise RuntimeError(
-            f"all {len(asked)} LLM requests of this {what} step{to} failed (check the {what} entry's "
-            f"llm.model, llm.api_base and API key); nothing was written, so rerunning retries it. "
+            f"all {len(asked)} LLM requests of the {entry} step{to} failed (check {entry}.llm.model, "
+            f"{entry}.llm.api_base and the API key); nothing was written, so rerunning retries it. "
             f"First error: {errors.iloc[0]}"
         )
 
