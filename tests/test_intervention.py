@@ -12,6 +12,7 @@ from interpflow.dictionaries.dictionary import from_topk_sae
 from interpflow.intervention import (
     METRIC_COLUMNS,
     PREDICTION_COLUMNS,
+    cache_name,
     calibrate,
     check_cfg,
     clean_run,
@@ -222,9 +223,9 @@ def test_kl_matches_a_direct_computation(smollm2):
     for seq, (a, b) in zip(s.seqs, s.spans, strict=True):
         with torch.no_grad():
             lp = model(torch.tensor([seq])).logits[0, a:b].log_softmax(-1)
-            past = model(torch.tensor([seq[:a]]), use_cache=True).past_key_values
+            past = model(torch.tensor([seq[:a]]), use_cache=True)[cache_name(model)]
             with add_at(model, HP, 0.15 * u):
-                lq = model(torch.tensor([seq[a:b]]), past_key_values=past).logits[0].log_softmax(-1)
+                lq = model(torch.tensor([seq[a:b]]), **{cache_name(model): past}).logits[0].log_softmax(-1)
         per_pos.append((lp.exp() * (lp - lq)).sum(-1))
     assert kls[1] == pytest.approx(float(torch.cat(per_pos).mean()), rel=1e-3)
     # the scorer's batched, padded log-likelihood after a few-shot prefix equals a one-by-one computation

@@ -15,6 +15,7 @@ Two controls give the score a floor: a random direction of the same norm calibra
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import math
 import os
@@ -94,6 +95,12 @@ def span_mask(model: torch.nn.Module, seqs: list[list[int]], spans: list[tuple[i
     return mask.to(device_of(model))
 
 
+def cache_name(model) -> str:
+    """The forward's name for the KV cache: `cache` from transformers 5.2x on (where `past_key_values` warns
+    once per call site as deprecated), `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 @torch.inference_mode()
 def continuations(
     model, prompt: list[int], c: dict, seed: int, steering: tuple[str, torch.Tensor] | None = None, stop=None
@@ -102,12 +109,13 @@ def continuations(
     seeded generator. With steering = (hookpoint, vector), the vector is added only at the positions whose
     next token is sampled: BOS and the prompt before its last token are read clean (one prefill)."""
     dev, n = device_of(model), c["n_samples"]
-    past = model(input_ids=torch.tensor([prompt[:-1]] * n, device=dev), use_cache=True).past_key_values
+    name = cache_name(model)
+    past = model(input_ids=torch.tensor([prompt[:-1]] * n, device=dev), use_cache=True)[name]
     x, gen, out = torch.tensor([[prompt[-1]]] * n, device=dev), torch.Generator().manual_seed(seed), []
     for _ in range(c["max_new_tokens"]):
         with add_at(model, *steering) if steering else contextlib.nullcontext():
-            o = model(input_ids=x, past_key_values=past, use_cache=True)  # x: (S, 1)
-        past, logits = o.past_key_values, o.logits[:, -1].float().cpu()  # logits: (S, V)
+            o = model(input_ids=x, use_cache=True, **{name: past})  # x: (S, 1)
+        past, logits = o[name], o.logits[:, -1].float().cpu()  # logits: (S, V)
         if c["temperature"] > 0:
             tok = torch.multinomial((logits / c["temperature"]).softmax(-1), 1, generator=gen)[:, 0]
         else:
