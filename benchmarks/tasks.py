@@ -341,7 +341,7 @@ def task_llm_tokens(a: dict) -> dict:
     import pandas as pd
 
     from interpflow.llm.local_model import LocalChatModel
-    from interpflow.scorers import build_prompts
+    from interpflow.scoring.judge import build_prompts
 
     examples = pd.read_parquet(a["examples"])
     test = examples[examples["split"] == "test"]

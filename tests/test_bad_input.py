@@ -294,7 +294,7 @@ def damaged_examples_explain(damage):
 
 def damaged_examples_score(w, tmp):
     """Judging with a corrupted examples table."""
-    from interpflow.scorers import run_score
+    from interpflow.scoring.judge import run_score
 
     f = copy_in(w, tmp, "examples", "explanations")
     corrupted(f["examples"])
@@ -308,7 +308,7 @@ def damaged_examples_score(w, tmp):
 
 def damaged_explanations_embedding(w, tmp):
     """Embedding scores of a truncated explanations table."""
-    from interpflow.embedding import run_embedding
+    from interpflow.scoring.embedding import run_embedding
 
     f = copy_in(w, tmp, "examples", "explanations")
     truncated(f["explanations"])
@@ -476,7 +476,7 @@ def test_latents_that_never_fire_get_explicit_statuses_downstream(world, tmp_pat
     """Sampling marks them skipped ('never fires'); explaining and scoring make no LLM call and say why."""
     from interpflow.explain import run_explain
     from interpflow.sampling.step import run_sampling
-    from interpflow.scorers import run_score
+    from interpflow.scoring.judge import run_score
 
     write_shard(tmp_path / "shard-0.h5", 0, 4)
     ex, sel = tmp_path / "examples.parquet", tmp_path / "latents.parquet"

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from interpflow.embedding import PREDICTION_COLUMNS, run_embedding, score_latents, select_windows
+from interpflow.scoring.embedding import PREDICTION_COLUMNS, run_embedding, score_latents, select_windows
 from interpflow.store import read_parquet, write_parquet
 
 DIGITS = [
@@ -188,7 +188,7 @@ def test_planted_digits_with_minilm(tmp_path):
 
 
 def test_unknown_embedder_is_a_clear_error(tmp_path):
-    from interpflow.embedding import load_embedder
+    from interpflow.scoring.embedding import load_embedder
 
     with pytest.raises(FileNotFoundError, match="scorer option model"):
         load_embedder(str(tmp_path / "no-such-embedder"), "cpu")

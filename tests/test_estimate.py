@@ -7,12 +7,13 @@ import pytest
 import yaml
 from conftest import example_row
 
-from interpflow import explain, prompts, scorers
+from interpflow import explain, prompts
 from interpflow.estimate import cli, synthetic
 from interpflow.estimate.cli import load_config, main
 from interpflow.estimate.counts import COLUMNS, estimate_run, n_latents, write_estimate
 from interpflow.estimate.display import compare, format_estimate
 from interpflow.estimate.synthetic import estimate_tokens
+from interpflow.scoring import judge
 from interpflow.store import read_parquet
 
 GPT = "openai/gpt-4o-mini"
@@ -278,7 +279,7 @@ def test_detection_estimate_near_real_prompt_sizes(tiny, est):
     chars4 = lambda msgs: sum(len(m["content"]) / 4 + 4 for m in msgs) + 3  # noqa: E731
     expl = pd.DataFrame({"latent": [0], "explanation": ["Place names and dates in texts about towns."],
                          "status": ["ok"]})  # fmt: skip
-    requests, _, _ = scorers.build_prompts(examples, expl, tiny["scorers"]["det"])
+    requests, _, _ = judge.build_prompts(examples, expl, tiny["scorers"]["det"])
     real = sum(chars4(r) for r in requests)
     det = row(est, "score", dictionary="d", explainer="api", scorer="det")
     assert 0.7 < det["input_tokens"] / det["latents"] / real < 1.4  # measured 1.09

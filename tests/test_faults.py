@@ -22,9 +22,9 @@ from interpflow import prompts
 from interpflow.explain import run_explain
 from interpflow.llm.budget import SpendLedger, check_budget
 from interpflow.llm.client import LLMClient
-from interpflow.scorers import run_score
-from interpflow.simulation import run_simulation
-from interpflow.simulation_reply import reply_messages as simulation_messages
+from interpflow.scoring.judge import run_score
+from interpflow.scoring.simulation import run_simulation
+from interpflow.scoring.simulation_reply import reply_messages as simulation_messages
 from interpflow.store import read_parquet, write_parquet
 
 MODEL = "openai/fake-judge"
@@ -110,8 +110,8 @@ def check_complete(expl: pd.DataFrame, preds: pd.DataFrame, metrics: pd.DataFram
 
 def test_default_responder_answers_each_prompt_kind_in_its_parsers_format():
     from interpflow.explain import parse_explanation
-    from interpflow.scorers import parse_labels
-    from interpflow.simulation_reply import parse_reply
+    from interpflow.scoring.judge import parse_labels
+    from interpflow.scoring.simulation_reply import parse_reply
 
     expl = prompts.explainer_messages([["a", " zebra", "."]], [np.array([0, 2.0, 0])])
     text, status, _ = parse_explanation(default_responder({"messages": expl}))

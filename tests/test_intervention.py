@@ -9,7 +9,9 @@ import torch
 
 from interpflow.activations import add_at, decoder_layers, hidden_states, site_module
 from interpflow.dictionaries.dictionary import from_topk_sae
-from interpflow.intervention import (
+from interpflow.models import load_model
+from interpflow.sae.model import TopKSAE
+from interpflow.scoring.intervention import (
     METRIC_COLUMNS,
     PREDICTION_COLUMNS,
     cache_name,
@@ -22,15 +24,13 @@ from interpflow.intervention import (
     run_intervention,
     score_latents,
 )
-from interpflow.intervention_inputs import (
+from interpflow.scoring.intervention_inputs import (
     Prompt,
     cut_at_first_activation,
     latent_prompts,
     quintiles,
     shuffled_donors,
 )
-from interpflow.models import load_model
-from interpflow.sae.model import TopKSAE
 from interpflow.store import read_parquet, write_parquet
 
 LAYER = 10  # of SmolLM2-135M's 30

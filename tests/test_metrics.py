@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from interpflow.metrics import METRIC_COLUMNS, binary_metrics, latent_metrics
+from interpflow.scoring.metrics import METRIC_COLUMNS, binary_metrics, latent_metrics
 
 
 def test_binary_metrics_hand_case():

@@ -7,9 +7,9 @@ import pytest
 from test_embedding import DIGITS, PROSE, planted, window
 
 from interpflow.baselines import explain_random
-from interpflow.embedding import DEFAULT_EMBEDDER, load_embedder
-from interpflow.embedding import score_latents as embedding_scores
-from interpflow.scorers import score_latents as judge_scores
+from interpflow.scoring.embedding import DEFAULT_EMBEDDER, load_embedder
+from interpflow.scoring.embedding import score_latents as embedding_scores
+from interpflow.scoring.judge import score_latents as judge_scores
 
 THEMES = {
     "digits and numbers": DIGITS[:6],

@@ -20,14 +20,14 @@ from test_planted_dictionary import PROPS, planted  # noqa: F401 (planted: the m
 
 from interpflow.baselines import explain_random
 from interpflow.dictionaries.pretrained import load_pretrained
-from interpflow.embedding import DEFAULT_EMBEDDER, load_embedder
-from interpflow.embedding import score_latents as embedding_scores
 from interpflow.file_explainer import explain_from_table, read_explanation_table
 from interpflow.latents import encode_to_shards, read_shard
 from interpflow.planted import ORACLE_FILE, PROPERTIES, token_labels, vocab_texts
 from interpflow.sampling.examples import sample_examples
 from interpflow.sampling.vocab import read_vocab
-from interpflow.scorers import score_latents as judge_scores
+from interpflow.scoring.embedding import DEFAULT_EMBEDDER, load_embedder
+from interpflow.scoring.embedding import score_latents as embedding_scores
+from interpflow.scoring.judge import score_latents as judge_scores
 from interpflow.store import open_h5
 
 log = logging.getLogger(__name__)

@@ -102,10 +102,24 @@ def test_closure_of_a_hand_built_package(tmp_path):
 
 
 def test_default_dry_run_reruns_embedding_and_surprisal_on_a_scorers_edit(tmp_path):
-    """scorers.scorable_latents picks the windows embedding and surprisal score; both once missed it."""
+    """scoring.common.scorable_latents picks the windows embedding and surprisal score; both once missed it.
+    And no scorer reads another's module: an edit to embedding reruns nothing of surprisal."""
     out = snakemake(copy_workflow(tmp_path), "-n", "--cores", "1")
     inputs = {rule: line for rule, line in re.findall(r"^rule (\w+):\n\s+input: ([^\n]+)", out, flags=re.M)}
     for rule in ("score", "score_embedding", "score_surprisal"):
-        assert "src/interpflow/scorers.py" in inputs[rule].split(", "), rule
-    assert "src/interpflow/embedding.py" in inputs["score_surprisal"].split(", ")
-    assert "src/interpflow/scorers.py" not in inputs["tokenize_corpus"].split(", ")
+        assert "src/interpflow/scoring/common.py" in inputs[rule].split(", "), rule
+    assert "src/interpflow/scoring/embedding.py" not in inputs["score_surprisal"].split(", ")
+    assert "src/interpflow/scoring/common.py" not in inputs["tokenize_corpus"].split(", ")
+
+
+SCORERS = ("judge", "simulation", "embedding", "surprisal", "intervention")
+
+
+@pytest.mark.parametrize("scorer", SCORERS)
+def test_no_scorer_imports_another(scorer):
+    """Each scorer's import closure (modulefinder, as above) holds no other scorer's module."""
+    path = REPO / "src/interpflow/scoring" / f"{scorer}.py"
+    closure = scanned_closure(path, REPO)
+    others = {f"src/interpflow/scoring/{o}.py" for o in SCORERS if o != scorer}
+    assert "src/interpflow/scoring/metrics.py" in closure  # the scan followed the package's imports
+    assert not closure & others, sorted(closure & others)

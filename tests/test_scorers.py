@@ -12,9 +12,15 @@ import pandas as pd
 import pytest
 from conftest import completion, example_row, planted_digit_windows
 
-from interpflow import scorers
-from interpflow.metrics import METRIC_COLUMNS
-from interpflow.scorers import PREDICTION_COLUMNS, build_prompts, label_probs, parse_labels, score_latents
+from interpflow.scoring import judge
+from interpflow.scoring.judge import (
+    PREDICTION_COLUMNS,
+    build_prompts,
+    label_probs,
+    parse_labels,
+    score_latents,
+)
+from interpflow.scoring.metrics import METRIC_COLUMNS
 from interpflow.store import read_parquet, write_parquet
 
 
@@ -278,10 +284,10 @@ def test_fuzzing_marks():
 def test_fuzz_marks_counts_follow_activating_windows():
     rng = np.random.default_rng(0)
     acts = [np.array([0, 1, 1, 1, 0.0]), np.zeros(5), np.zeros(3)]
-    marks = scorers.fuzz_marks(acts, np.array([True, False, False]), rng)
+    marks = judge.fuzz_marks(acts, np.array([True, False, False]), rng)
     assert marks[0].tolist() == [False, True, True, True, False]
     assert marks[1].sum() == 3 and marks[2].sum() == 3
-    alone = scorers.fuzz_marks([np.zeros(4)], np.array([False]), rng)  # no activating window: one mark
+    alone = judge.fuzz_marks([np.zeros(4)], np.array([False]), rng)  # no activating window: one mark
     assert alone[0].sum() == 1
 
 
@@ -313,7 +319,7 @@ def test_run_score_round_trip(tmp_path, monkeypatch):
 
     monkeypatch.setitem(sys.modules, "interpflow.llm.client", types.SimpleNamespace(LLMClient=FakeLLMClient))
     cfg = CFG | {"kind": "fuzzing", "name": "fuzz5", "llm": {"model": "x", "temperature": 0}}
-    scorers.run_score(
+    judge.run_score(
         tmp_path / "shard-0.parquet",
         tmp_path / "explanations-0.parquet",
         cfg,
@@ -329,7 +335,7 @@ def test_run_score_round_trip(tmp_path, monkeypatch):
     assert met["status"].tolist() == ["ok", "ok", "no_explanation: llm_error"]
     assert (met["balanced_accuracy"].iloc[:2] == 1).all()
     # an explicit llm logprobs setting is kept; an injected client needs no llm section
-    scorers.run_score(
+    judge.run_score(
         tmp_path / "shard-0.parquet",
         tmp_path / "explanations-0.parquet",
         cfg | {"llm": {"logprobs": False}},
@@ -338,7 +344,7 @@ def test_run_score_round_trip(tmp_path, monkeypatch):
         cache_dir=None,
     )
     assert seen["cfg"] == {"logprobs": False}
-    scorers.run_score(
+    judge.run_score(
         tmp_path / "shard-0.parquet",
         tmp_path / "explanations-0.parquet",
         CFG,

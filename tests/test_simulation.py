@@ -1,4 +1,4 @@
-"""Simulation scoring (interpflow.simulation) by both methods: scripted simulators and the local model."""
+"""Simulation scoring (interpflow.scoring.simulation) by both methods: scripted and local simulators."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from conftest import completion, example_row, planted_digit_windows
 from test_simulation_reply import L, Tok
 
-from interpflow.simulation import (
+from interpflow.scoring.simulation import (
     METRIC_COLUMNS,
     PREDICTION_COLUMNS,
     build_prompts,
@@ -23,8 +23,8 @@ from interpflow.simulation import (
     run_simulation,
     score_simulation,
 )
-from interpflow.simulation_reply import reply_budget
-from interpflow.simulation_slots import expected_activations, slot_messages
+from interpflow.scoring.simulation_reply import reply_budget
+from interpflow.scoring.simulation_slots import expected_activations, slot_messages
 from interpflow.store import read_parquet, write_parquet
 
 # scripted replies are real Completions with this file's token counts
@@ -270,7 +270,7 @@ def test_llm_config_asks_for_logprobs_and_sizes_the_reply(caplog):
         llm_config(CFG | {"llm": {"model": "m", "top_logprobs": 20, "logprobs": False}}, ex)["top_logprobs"]
         == 20
     )
-    with caplog.at_level(logging.WARNING, logger="interpflow.simulation"):
+    with caplog.at_level(logging.WARNING, logger="interpflow.scoring.simulation"):
         small = llm_config(CFG | {"llm": {"model": "m", "max_tokens": 30}}, ex)
     assert small["max_tokens"] == 30 and "below" in caplog.text
 

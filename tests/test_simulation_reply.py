@@ -1,4 +1,4 @@
-"""The simulator's reply method (interpflow.simulation_reply): prompt text, reply parser, expected values."""
+"""The simulator's reply method (scoring.simulation_reply): prompt text, reply parser, expected values."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from conftest import completion
 
-from interpflow.simulation_reply import expected_values, parse_reply, reply_budget
-from interpflow.simulation_reply import reply_messages as simulation_messages
+from interpflow.scoring.simulation_reply import expected_values, parse_reply, reply_budget
+from interpflow.scoring.simulation_reply import reply_messages as simulation_messages
 
 
 @dataclass(frozen=True)

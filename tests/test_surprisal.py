@@ -9,8 +9,8 @@ import pytest
 import torch
 from test_embedding import USAGE, hand_auroc, planted, window
 
+from interpflow.scoring.surprisal import PREDICTION_COLUMNS, pair_losses, run_surprisal, score_latents
 from interpflow.store import read_parquet, write_parquet
-from interpflow.surprisal import PREDICTION_COLUMNS, pair_losses, run_surprisal, score_latents
 
 TEMPLATE = "{description}|"  # the fakes below find the window after the "|"
 

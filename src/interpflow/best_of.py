@@ -21,7 +21,7 @@ import pandas as pd
 
 from interpflow.baselines import explain_top_tokens
 from interpflow.explanations import EXPLANATION_COLUMNS
-from interpflow.scorers import score_latents
+from interpflow.scoring.judge import score_latents
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from interpflow.metrics import NOT_SAMPLED
+from interpflow.scoring.metrics import NOT_SAMPLED
 
 SUBJECT = ["corpus", "model", "hookpoint", "dictionary", "sampler", "explainer"]
 PAIR = ["corpus", "model", "hookpoint", "dictionary", "sampler", "scorer", "kind", "metric"]

@@ -1,6 +1,6 @@
 from interpflow.config import with_transport
-from interpflow.scorers import run_score
-from interpflow.simulation import run_simulation
+from interpflow.scoring.judge import run_score
+from interpflow.scoring.simulation import run_simulation
 from interpflow.steps import logged
 
 run = run_simulation if snakemake.params.cfg["kind"] == "simulation" else run_score

@@ -1,4 +1,4 @@
-from interpflow.embedding import run_embedding
+from interpflow.scoring.embedding import run_embedding
 from interpflow.steps import logged
 
 with logged(snakemake.log[0], threads=snakemake.threads):

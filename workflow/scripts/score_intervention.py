@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from interpflow.intervention import run_intervention
+from interpflow.scoring.intervention import run_intervention
 from interpflow.steps import logged
 
 with logged(snakemake.log[0], threads=snakemake.threads):

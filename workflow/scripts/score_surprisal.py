@@ -1,5 +1,5 @@
+from interpflow.scoring.surprisal import run_surprisal
 from interpflow.steps import logged
-from interpflow.surprisal import run_surprisal
 
 with logged(snakemake.log[0], threads=snakemake.threads):
     run_surprisal(

@@ -106,7 +106,7 @@ def explanation_similarity(
 
 def _lazy_embedder(name: str) -> Callable[[list[str]], np.ndarray]:
     """An embed function that loads the sentence embedder on first use only."""
-    from interpflow.embedding import embed, load_embedder
+    from interpflow.scoring.embedding import embed, load_embedder
 
     model = None
 

@@ -101,13 +101,13 @@ def _local_scorer(kind: str, cfg: dict, examples: pd.DataFrame, model: str) -> d
         )
     engine = cfg.get("scorer_model") or model
     if kind == "surprisal":  # each window read after the explanation and after the neutral description
-        from interpflow.surprisal import DEFAULT_NEUTRAL, DEFAULT_TEMPLATE
+        from interpflow.scoring.surprisal import DEFAULT_NEUTRAL, DEFAULT_TEMPLATE
 
         template = cfg.get("prompt_template") or DEFAULT_TEMPLATE
         texts = (synthetic_explanation(), cfg.get("neutral") or DEFAULT_NEUTRAL)
         per_window = sum(estimate_tokens(template.replace("{description}", t)) + 1 + length for t in texts)
         return dict(engine=engine, forward_tokens=n_win * per_window)
-    from interpflow.intervention_inputs import estimated_forward_tokens
+    from interpflow.scoring.intervention_inputs import estimated_forward_tokens
 
     tokens = estimated_forward_tokens(cfg, length, expl, CALIBRATION_STEPS)
     return dict(

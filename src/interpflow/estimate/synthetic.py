@@ -134,12 +134,12 @@ def score_requests(
     examples: pd.DataFrame, cfg: dict, count: Callable[[str], int]
 ) -> list[tuple[int, int, int]]:
     """(input, expected output, max output) tokens of each request an LLM scorer sends for one latent."""
-    from interpflow import scorers, simulation
+    from interpflow.scoring import common, judge, simulation
 
     explanations = pd.DataFrame({"latent": [0], "explanation": [synthetic_explanation()], "status": ["ok"]})
     cap = int(cfg["llm"].get("max_tokens") or 256)
-    method = scorers.choose_method(cfg, cfg["llm"]["model"].startswith("local/"))
-    build = simulation.build_prompts if cfg["kind"] == "simulation" else scorers.build_prompts
+    method = common.choose_method(cfg, cfg["llm"]["model"].startswith("local/"))
+    build = simulation.build_prompts if cfg["kind"] == "simulation" else judge.build_prompts
     requests, meta, _ = build(examples, explanations, cfg, method)
     if method == "slots":  # one evaluation of the prompt, nothing generated
         return [(message_tokens(m, count), 0, 0) for m, _ in requests]

@@ -8,21 +8,16 @@ logprobs, each label's P(1) against P(0) gives a score for AUROC.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
-import time
-from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
 
 from interpflow import prompts
-from interpflow.llm.client import raise_on_outage
-from interpflow.metrics import METRIC_COLUMNS, NOT_SAMPLED, latent_metrics
-from interpflow.sampling.scored import select_test_examples
-from interpflow.store import atomic_path, read_parquet, write_parquet
+from interpflow.scoring.common import choose_method, run_llm_scorer, scorable_latents
+from interpflow.scoring.metrics import METRIC_COLUMNS, latent_metrics
 
 log = logging.getLogger(__name__)
 
@@ -146,61 +141,6 @@ def fuzz_marks(acts: list[np.ndarray], activating: np.ndarray, rng: np.random.Ge
         mask[rng.choice(len(a), size=min(int(rng.choice(pool)), len(a)), replace=False)] = True
         marks.append(mask)
     return marks
-
-
-def scored_windows(ex: pd.DataFrame, cfg: dict, rng: np.random.Generator) -> pd.DataFrame:
-    """A latent's test windows (select_test_examples: negatives, caps) in a seeded random order."""
-    if ex.empty:
-        return ex
-    chosen = select_test_examples(ex, int(ex["latent"].iloc[0]), cfg, rng)
-    return chosen.iloc[rng.permutation(len(chosen))]
-
-
-def scorable_latents(
-    examples: pd.DataFrame, explanations: pd.DataFrame, cfg: dict, unscored: dict[int, str]
-) -> Iterator[tuple[int, str, pd.DataFrame, np.random.Generator]]:
-    """Yield (latent, explanation, its test windows, its rng) for every latent a scorer can score.
-
-    Latents without an ok explanation or without test windows, and those past the scorer's `max_latents`
-    (status "not_sampled"; the sampler's latents are a seeded random sample, so the first n are one too), are
-    recorded in `unscored` with the reason;
-    the rng is np.random.default_rng([seed, latent]), already used to pick and order the windows.
-    """
-    seed, cap, n = int(cfg.get("seed", 0)), cfg.get("max_latents"), 0
-    by_latent = dict(tuple(examples.groupby("latent", sort=False))) if len(examples) else {}
-    for lat, expl, status in explanations[["latent", "explanation", "status"]].itertuples(index=False):
-        lat = int(lat)
-        if status != "ok":
-            unscored[lat] = f"no_explanation: {status}"
-            continue
-        if cap is not None and n >= int(
-            cap
-        ):  # an expensive scorer on the first max_latents (a random sample)
-            unscored[lat] = NOT_SAMPLED
-            continue
-        rng = np.random.default_rng([seed, lat])
-        ex = scored_windows(by_latent.get(lat, examples.iloc[:0]), cfg, rng)
-        if ex.empty:
-            unscored[lat] = "no_test_examples"
-            continue
-        n += 1
-        yield lat, expl, ex, rng
-
-
-METHODS = ("auto", "slots", "reply")
-
-
-def choose_method(cfg: dict, supports_slots: bool) -> str:
-    """How an LLM scorer reads its model: "slots" (next-token logprobs at places of the prompt, one
-    evaluation, nothing generated) where the model gives them and the config allows, else "reply"."""
-    method = cfg.get("method", "auto")
-    if method not in METHODS:
-        raise ValueError(f"scorer option method must be one of {METHODS}, got {method!r}")
-    if method == "slots" and not supports_slots:
-        name = cfg.get("name") or cfg.get("kind")
-        raise ValueError(f"scorer {name}: method 'slots' needs prompt logprobs, "
-                         "which only in-process local/ models give (use method: reply or auto)")  # fmt: skip
-    return "slots" if method == "slots" or (method == "auto" and supports_slots) else "reply"
 
 
 def _check_cfg(cfg: dict) -> tuple[str, int, int]:
@@ -332,63 +272,6 @@ def score_latents(
     order = {int(lat): i for i, lat in enumerate(explanations["latent"])}  # the explanations' row order
     metrics = metrics.sort_values("latent", key=lambda s: s.map(order), kind="stable", ignore_index=True)
     return predictions, metrics.astype(METRIC_COLUMNS)
-
-
-def save_scores(
-    predictions: pd.DataFrame,
-    metrics: pd.DataFrame,
-    predictions_out,
-    metrics_out,
-    name: str,
-    seconds: float,
-    schema=None,
-) -> None:
-    """Write a scorer's two tables atomically and log what it did (latents, units, failures, tokens)."""
-    with atomic_path(predictions_out) as tmp:
-        predictions.to_parquet(tmp, index=False, schema=schema)
-    write_parquet(metrics, metrics_out)
-    tokens = metrics.get("prompt_tokens", pd.Series(dtype=int)).sum()
-    log.info(
-        "%s: %d latents (%d scored), %d units, %d failed; %d prompt + %d completion tokens; %.1f s", name,
-        len(metrics), int((metrics["status"] == "ok").sum()), len(predictions),
-        int((predictions["status"] != "ok").sum()), tokens,
-        metrics.get("completion_tokens", pd.Series(dtype=int)).sum(), seconds,
-    )  # fmt: skip
-
-
-def run_llm_scorer(
-    score,
-    llm_cfg,
-    examples_path,
-    explanations_path,
-    cfg: dict,
-    predictions_out,
-    metrics_out,
-    *,
-    cache_dir,
-    local_gguf=None,
-    client=None,
-    schema=None,
-) -> None:
-    """Workflow step of an LLM scorer: `score(examples, explanations, cfg, client)` over one shard, saved.
-
-    `llm_cfg` is the client's config, or a function of the shard's examples returning it.
-    """
-    from interpflow.llm.client import LLMClient
-
-    t0 = time.perf_counter()
-    examples, explanations = read_parquet(examples_path), read_parquet(explanations_path)
-    if callable(llm_cfg) and client is None:
-        llm_cfg = llm_cfg(examples)
-    with (
-        contextlib.nullcontext(client)
-        if client is not None
-        else LLMClient.from_config(llm_cfg, cache_dir=cache_dir, local_gguf=local_gguf)
-    ) as judge:
-        predictions, metrics = score(examples, explanations, cfg, judge)
-    name = str(cfg.get("name") or cfg.get("kind"))
-    raise_on_outage(predictions, f"scorers.{name}", judge)
-    save_scores(predictions, metrics, predictions_out, metrics_out, name, time.perf_counter() - t0, schema)
 
 
 def run_score(

@@ -3,7 +3,6 @@
 Paulo et al. 2024, section 4 ("embedding"): the explanation is a query, each unmarked test window is a
 document; a sentence embedder scores each window by cosine similarity, and the AUROC of those similarities
 for activating against non-activating windows is the score. No LLM call, so it costs nothing per latent.
-The helpers below (test-window selection, AUROC metrics table) are shared with the surprisal scorer.
 """
 
 from __future__ import annotations
@@ -11,13 +10,11 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 
-from interpflow.metrics import HEAD_COLUMNS, NO_USAGE, USAGE_COLUMNS
-from interpflow.scorers import save_scores, scorable_latents
+from interpflow.scoring.common import auroc_metrics, check_caps, class_mean, save_scores, select_windows
 from interpflow.store import read_parquet
 
 log = logging.getLogger(__name__)
@@ -32,98 +29,6 @@ PREDICTION_COLUMNS = {
     "status": "object",
     "error": "object",
 }
-BASE_COLUMNS = HEAD_COLUMNS | {"auroc": "float64"}
-
-
-def check_caps(cfg: dict) -> None:
-    """Validate the options every continuous scorer shares (batch size, class caps)."""
-    if int(cfg.get("batch_size", 1)) < 1:
-        raise ValueError(f"scorer option batch_size must be >= 1, got {cfg['batch_size']}")
-    for key in ("max_activating", "max_nonactivating"):
-        if cfg.get(key) is not None and int(cfg[key]) < 0:
-            raise ValueError(f"scorer option {key} must be >= 0, got {cfg[key]}")
-
-
-def window_texts(examples: pd.DataFrame) -> list[str]:
-    """Each window's plain text: its token strings joined as decoded, no marks."""
-    return ["".join(map(str, t)) for t in examples["token_strs"]]
-
-
-def select_windows(
-    examples: pd.DataFrame, explanations: pd.DataFrame, cfg: dict
-) -> tuple[pd.DataFrame, dict[int, str]]:
-    """Test windows to score, with their latent's explanation, and the status of latents left unscored.
-
-    Returns one row per (latent, window) with `latent`, `explanation`, `example_id`, `activating`, `text`,
-    and {latent: "no_explanation: <status>" or "no_test_examples"} for the rest.
-    """
-    parts, unscored = [], {}
-    for lat, expl, ex, _ in scorable_latents(examples, explanations, cfg, unscored):
-        ex = ex.sort_values("example_id", kind="stable")
-        parts.append(
-            pd.DataFrame(
-                {
-                    "latent": lat,
-                    "explanation": str(expl),
-                    "example_id": ex["example_id"].to_numpy(dtype=np.int64),
-                    "activating": ex["activating"].to_numpy(dtype=bool),
-                    "text": window_texts(ex),
-                }
-            )
-        )
-    cols = ["latent", "explanation", "example_id", "activating", "text"]
-    return (pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)), unscored
-
-
-def auroc(truth: np.ndarray, score: np.ndarray) -> float:
-    """AUROC of `score` for truth True against False; NaN when a class is missing."""
-    from sklearn.metrics import roc_auc_score
-
-    truth = np.asarray(truth, dtype=bool)
-    if truth.all() or not truth.any():
-        return float("nan")
-    return float(roc_auc_score(truth, np.asarray(score, dtype=np.float64)))
-
-
-def auroc_metrics(
-    predictions: pd.DataFrame,
-    value: str,
-    explanations: pd.DataFrame,
-    unscored: dict[int, str],
-    name: str,
-    kind: str,
-    means: dict[str, Callable[[pd.DataFrame], float]],
-) -> pd.DataFrame:
-    """One metrics row per explanation row: AUROC of `value` (the headline score) plus the `means` columns.
-
-    A latent none of whose windows scored carries its windows' most common failure status.
-    """
-    groups = dict(tuple(predictions.groupby("latent", sort=False))) if len(predictions) else {}
-    rows = []
-    for lat in explanations["latent"].astype(int):
-        row = dict(latent=lat, scorer=name, kind=kind, n=0, n_failed=0, score=np.nan, auroc=np.nan)
-        row |= dict.fromkeys(means, np.nan)
-        g = groups.get(lat)
-        if g is None:
-            rows.append(row | {"status": unscored.get(lat, "no_test_examples")})
-            continue
-        ok = g[g["status"] == "ok"]
-        row |= dict(n=len(ok), n_failed=len(g) - len(ok))
-        if ok.empty:
-            rows.append(row | {"status": str(g["status"].value_counts().index[0])})
-            continue
-        a = auroc(ok["activating"].to_numpy(dtype=bool), ok[value].to_numpy(dtype=np.float64))
-        row |= dict(status="ok", score=a, auroc=a) | {k: float(f(ok)) for k, f in means.items()}
-        rows.append(row)
-    columns = BASE_COLUMNS | dict.fromkeys(means, "float64")
-    out = pd.DataFrame(rows, columns=[*columns]).astype(columns)
-    # no LLM is called: zero tokens, and a local model costs nothing
-    return out.assign(**NO_USAGE).astype(USAGE_COLUMNS)
-
-
-def class_mean(column: str, activating: bool) -> Callable[[pd.DataFrame], float]:
-    """A function giving the mean of `column` over one class of scored windows (NaN if none)."""
-    return lambda ok: ok.loc[ok["activating"] == activating, column].mean()
 
 
 def load_embedder(name: str, device: str = "auto"):

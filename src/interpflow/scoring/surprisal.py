@@ -15,8 +15,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from interpflow.embedding import auroc_metrics, check_caps, class_mean, select_windows
-from interpflow.scorers import save_scores
+from interpflow.scoring.common import auroc_metrics, check_caps, class_mean, save_scores, select_windows
 from interpflow.store import read_parquet
 
 log = logging.getLogger(__name__)

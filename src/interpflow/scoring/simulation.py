@@ -3,10 +3,10 @@
 Two methods, recorded per prediction row (`method`):
 - "slots", the "all at once" method of Paulo et al. 2024 (App. D) and OpenAI's automated-interpretability:
   one prompt per few windows, the expected activation at each token read from the simulator's digit
-  distribution at a placeholder slot, from one evaluation (interpflow.simulation_slots). It needs prompt
+  distribution at a placeholder slot, from one evaluation (scoring.simulation_slots). It needs prompt
   logprobs, which the in-process local models give.
 - "reply", the fallback for providers without them: the simulator writes the numbers
-  (interpflow.simulation_reply).
+  (interpflow.scoring.simulation_reply).
 A latent's score is the Pearson correlation between predicted and true activations over all tokens of its
 simulated windows pooled (true activations scaled 0-10 by the latent's max over its test windows).
 """
@@ -20,10 +20,16 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from interpflow.metrics import metric_columns
-from interpflow.scorers import choose_method, run_llm_scorer, scorable_latents
-from interpflow.simulation_reply import MAX_VALUE, MIN_TOP_LOGPROBS, read_reply, reply_budget, reply_messages
-from interpflow.simulation_slots import CANDIDATES, expected_activations, slot_messages
+from interpflow.scoring.common import choose_method, run_llm_scorer, scorable_latents
+from interpflow.scoring.metrics import metric_columns
+from interpflow.scoring.simulation_reply import (
+    MAX_VALUE,
+    MIN_TOP_LOGPROBS,
+    read_reply,
+    reply_budget,
+    reply_messages,
+)
+from interpflow.scoring.simulation_slots import CANDIDATES, expected_activations, slot_messages
 
 log = logging.getLogger(__name__)
 

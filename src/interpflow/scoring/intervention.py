@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from interpflow.activations import add_at, hidden_states, parse_hookpoint
-from interpflow.intervention_inputs import (
+from interpflow.scoring.intervention_inputs import (
     Prompt,
     check_cfg,
     check_examples,
@@ -38,7 +38,7 @@ from interpflow.intervention_inputs import (
     latent_prompts,
     shuffled_donors,
 )
-from interpflow.metrics import NO_USAGE, NOT_SAMPLED, metric_columns
+from interpflow.scoring.metrics import NO_USAGE, NOT_SAMPLED, metric_columns
 from interpflow.store import read_parquet, write_parquet
 
 log = logging.getLogger(__name__)
