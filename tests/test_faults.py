@@ -25,6 +25,7 @@ from interpflow.llm.client import LLMClient
 from interpflow.scoring.judge import run_score
 from interpflow.scoring.simulation import run_simulation
 from interpflow.scoring.simulation_reply import reply_messages as simulation_messages
+from interpflow.statuses import WORDS, is_score_status
 from interpflow.store import read_parquet, write_parquet
 
 MODEL = "openai/fake-judge"
@@ -263,7 +264,7 @@ def test_token_budget_stops_uncached_requests_but_serves_the_cache(data, server)
     server.reset()
     expl = explain(data, server, data / "cache2", max_concurrency=1, budget={"max_tokens": per + 1})
     # the first prompt is sent (0 spent), the second too (per < per + 1), then the budget is spent
-    assert list(expl["status"]) == ["ok", "ok", "llm_error", "skipped"]
+    assert list(expl["status"]) == ["ok", "ok", "budget", "skipped"]  # its own status, the reason in error
     why = expl["error"].iloc[2]
     assert why.startswith("budget reached:") and "budget.max_tokens" in why
     assert server.count() == 2
@@ -273,11 +274,14 @@ def test_token_budget_stops_uncached_requests_but_serves_the_cache(data, server)
     server.reset()
     again = explain(data, server, data / "cache2", max_concurrency=1, budget={"max_tokens": per + 1})
     assert server.count() == 0 and list(again["cached"]) == [True, True, False, False]
-    assert list(again["status"]) == ["ok", "ok", "llm_error", "skipped"]
+    assert list(again["status"]) == ["ok", "ok", "budget", "skipped"]
     preds, metrics = score(data, server, data / "cache2", budget={"max_tokens": per + 1})
     check_complete(again, preds, metrics)  # the scorer records every blocked prompt as a failure row
     assert server.count() == 0 and (metrics["status"] != "ok").all()
-    assert preds["error"].str.startswith("budget reached").all()
+    assert preds["error"].str.startswith("budget reached").all() and (preds["status"] == "budget").all()
+    assert set(metrics["status"]) <= {"budget", "no_explanation: budget", "no_explanation: skipped"}
+    assert "budget" in set(metrics["status"])
+    assert all(map(is_score_status, metrics["status"])) and set(expl["status"]) <= WORDS["explanations"]
     raised = explain(data, server, data / "cache2", max_concurrency=1, budget={"max_tokens": 10 * per})
     assert list(raised["status"]) == ["ok", "ok", "ok", "skipped"] and server.count() == 1
 

@@ -14,6 +14,7 @@ from interpflow import prompts
 from interpflow.best_of import candidates_of, check_select, heldout_windows, select_best
 from interpflow.explanations import EXPLANATION_COLUMNS, explanation_row
 from interpflow.llm.client import raise_on_outage
+from interpflow.statuses import llm_failure
 from interpflow.store import read_parquet, write_parquet
 
 log = logging.getLogger(__name__)
@@ -166,7 +167,8 @@ def explain_latents(examples: pd.DataFrame, latents: pd.DataFrame, cfg: dict, cl
             cached=bool(c.cached),
         )
         if c.status != "ok":
-            rows[lat] = explanation_row(lat, client.model, status="llm_error", error=c.error, **usage)
+            failed = llm_failure(c.status)
+            rows[lat] = explanation_row(lat, client.model, status=failed, error=c.error, **usage)
         else:
             expl, st, err = parse_explanation(c.text)
             rows[lat] = explanation_row(lat, client.model, explanation=expl, status=st, error=err, **usage)

@@ -10,7 +10,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from interpflow.scoring.metrics import NOT_SAMPLED
+from interpflow.statuses import NO_TEST_EXAMPLES, NOT_SAMPLED, no_explanation
 
 SUBJECT = ["corpus", "model", "hookpoint", "dictionary", "sampler", "explainer"]
 PAIR = ["corpus", "model", "hookpoint", "dictionary", "sampler", "scorer", "kind", "metric"]
@@ -19,7 +19,7 @@ NOT_METRICS = {"latent", "n", "n_failed", "prompt_tokens", "completion_tokens", 
 BASELINES = ("random", "top-tokens")
 """Explainer kinds that are baselines; every other explainer (llm, or explanations from a file such as an
 oracle's) is compared with each of them."""
-SKIPPED = ("no_explanation: skipped", "no_test_examples", "constant_truth", NOT_SAMPLED)
+SKIPPED = (no_explanation("skipped"), NO_TEST_EXAMPLES, "constant_truth", NOT_SAMPLED)
 """Statuses of latents a scorer was never meant to score (the sampler skipped them, no test windows, or
 activations constant over the test windows); every other status but "ok" is a failure."""
 

@@ -40,16 +40,15 @@ def raise_on_outage(table, entry: str, client: LLMClient | None = None) -> None:
     """Fail a step, writing nothing, when every LLM request it made failed (the budget aside): that is an
     outage or a wrong setting, not a result; a failed job is rerun next time, a written one is not.
     `entry` is the config entry whose `llm` section the step used, e.g. "explainers.qwen-1.5b"."""
-    asked = table[table["status"].isin(["ok", "parse_error", "llm_error"])]
-    errors = asked["error"].fillna("").astype(str)
-    if len(asked) and (asked["status"] == "llm_error").all() and not errors.str.startswith("budget").any():
+    asked = table[table["status"].isin(["ok", "parse_error", "llm_error", "budget"])]
+    if len(asked) and (asked["status"] == "llm_error").all():
         to = "" if client is None else f" to {client.model!r}"
         if client is not None and client.api_base:
             to += f" at {client.api_base}"
         raise RuntimeError(
             f"all {len(asked)} LLM requests of the {entry} step{to} failed (check {entry}.llm.model, "
             f"{entry}.llm.api_base and the API key); nothing was written, so rerunning retries it. "
-            f"First error: {errors.iloc[0]}"
+            f"First error: {asked['error'].iloc[0]}"
         )
 
 

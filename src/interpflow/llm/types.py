@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from interpflow.statuses import CompletionStatus
+
 
 @dataclass(frozen=True)
 class TokenLogprob:
@@ -23,7 +25,7 @@ class Completion:
 
     text: str | None
     """The reply; None unless status is "ok"."""
-    status: str
+    status: CompletionStatus
     """"ok", "error", or "budget" (not sent: the run's LLM budget is spent)."""
     error: str
     """"" when ok, else a short reason (API keys scrubbed)."""

@@ -2,10 +2,10 @@
 
 Modules; a scorer imports only `metrics` and `common`, never another scorer:
 
-- `metrics`: the metrics table every scorer writes (columns, binary metrics, the not_sampled status)
-- `common`: what scorers share: the latents and test windows a scorer scores (`scorable_latents`, max_latents),
-  how an LLM scorer reads its model (`choose_method`, `run_llm_scorer`), the AUROC table of the continuous
-  scorers, and writing a scorer's two tables
+- `metrics`: the metrics table every scorer writes (columns, binary metrics, usage per latent)
+- `common`: what scorers share: the latents and test windows a scorer scores (`scorable_latents`,
+  `max_latents`), how an LLM scorer reads its model (`choose_method`, `run_llm_scorer`), the AUROC table of
+  the continuous scorers, and writing a scorer's two tables
 - `judge`: detection and fuzzing, an LLM judge saying yes or no per window
 - `simulation` (with `simulation_slots`, `simulation_reply`): an LLM simulator predicting each token's
   activation, scored by correlation

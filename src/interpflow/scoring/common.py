@@ -17,7 +17,8 @@ import pandas as pd
 
 from interpflow.llm.client import raise_on_outage
 from interpflow.sampling.scored import select_test_examples
-from interpflow.scoring.metrics import HEAD_COLUMNS, NO_USAGE, NOT_SAMPLED, USAGE_COLUMNS
+from interpflow.scoring.metrics import HEAD_COLUMNS, NO_USAGE, USAGE_COLUMNS
+from interpflow.statuses import NO_TEST_EXAMPLES, NOT_SAMPLED, no_explanation
 from interpflow.store import atomic_path, read_parquet, write_parquet
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def scorable_latents(
     for lat, expl, status in explanations[["latent", "explanation", "status"]].itertuples(index=False):
         lat = int(lat)
         if status != "ok":
-            unscored[lat] = f"no_explanation: {status}"
+            unscored[lat] = no_explanation(status)
             continue
         if cap is not None and n >= int(
             cap
@@ -58,7 +59,7 @@ def scorable_latents(
         rng = np.random.default_rng([seed, lat])
         ex = scored_windows(by_latent.get(lat, examples.iloc[:0]), cfg, rng)
         if ex.empty:
-            unscored[lat] = "no_test_examples"
+            unscored[lat] = NO_TEST_EXAMPLES
             continue
         n += 1
         yield lat, expl, ex, rng
@@ -150,7 +151,7 @@ def auroc_metrics(
         row |= dict.fromkeys(means, np.nan)
         g = groups.get(lat)
         if g is None:
-            rows.append(row | {"status": unscored.get(lat, "no_test_examples")})
+            rows.append(row | {"status": unscored.get(lat, NO_TEST_EXAMPLES)})
             continue
         ok = g[g["status"] == "ok"]
         row |= dict(n=len(ok), n_failed=len(g) - len(ok))

@@ -38,7 +38,8 @@ from interpflow.scoring.intervention_inputs import (
     latent_prompts,
     shuffled_donors,
 )
-from interpflow.scoring.metrics import NO_USAGE, NOT_SAMPLED, metric_columns
+from interpflow.scoring.metrics import NO_USAGE, metric_columns
+from interpflow.statuses import NO_TEST_EXAMPLES, NOT_SAMPLED, no_explanation
 from interpflow.store import read_parquet, write_parquet
 
 log = logging.getLogger(__name__)
@@ -345,15 +346,15 @@ def score_latents(
     cap = np.inf if cfg.get("max_latents") is None else int(cfg["max_latents"])
     for lat, status in tqdm(recs, total=len(explanations), desc="intervention", unit="latent"):
         lat, rows, norm = int(lat), None, np.nan
-        why = f"no_explanation: {status}" if status != "ok" else "no_explanation: empty"
+        why = no_explanation(status if status != "ok" else "empty")
         if lat in ok and len(frames) >= cap:  # the expensive scorer on a sample: the first max_latents
             why = NOT_SAMPLED
         elif lat in ok:
             rng = np.random.default_rng(np.random.SeedSequence([c["seed"], lat]))
             mine = by_latent.get(lat, examples.iloc[:0])
             prompts = latent_prompts(mine, c["n_prompts"], c["prompt_split"], bos, tokenizer, rng)
-            why = "no_test_examples"
-        if lat in ok and why == "no_test_examples" and prompts:
+            why = NO_TEST_EXAMPLES
+        if lat in ok and why == NO_TEST_EXAMPLES and prompts:
             s = clean_run(model, tokenizer, hookpoint, prompts, c, lat)
             if directions.shape[1] != s.width:
                 raise ValueError(

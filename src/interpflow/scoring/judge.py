@@ -18,6 +18,7 @@ import pandas as pd
 from interpflow import prompts
 from interpflow.scoring.common import choose_method, run_llm_scorer, scorable_latents
 from interpflow.scoring.metrics import METRIC_COLUMNS, latent_metrics
+from interpflow.statuses import llm_failure
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +198,7 @@ def _read_judgment(lat: int, p: int, ex: pd.DataFrame, c, seed: int, method: str
     n = len(ex)
     pred, p_yes, status, error = [None] * n, np.full(n, np.nan), "ok", ""
     if c.status != "ok":
-        status, error = "llm_error", c.error or "llm error"
+        status, error = llm_failure(c.status), c.error or "llm error"
     elif method == "slots":
         pred, p_yes, status, error = _answer_probs(c, n)
     else:

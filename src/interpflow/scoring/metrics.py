@@ -22,7 +22,6 @@ USAGE_COLUMNS = {
     "cached_tokens": "int64",
     "cost_usd": "float64",
 }
-NOT_SAMPLED = "not_sampled"  # a latent past a scorer's max_latents: not scored, by design
 NO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0, "cost_usd": 0.0}
 
 

@@ -30,6 +30,7 @@ from interpflow.scoring.simulation_reply import (
     reply_messages,
 )
 from interpflow.scoring.simulation_slots import CANDIDATES, expected_activations, slot_messages
+from interpflow.statuses import llm_failure
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ def _read_simulation(
 ) -> pd.DataFrame:
     """Prediction rows of one prompt's windows from the simulator's completion."""
     got = _read_completion(c, [len(t) for t in true], method)
-    failed = "llm_error" if c.status != "ok" else "parse_error"
+    failed = llm_failure(c.status) if c.status != "ok" else "parse_error"
     return pd.DataFrame(
         {
             "latent": lat,
