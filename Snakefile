@@ -9,7 +9,7 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
-validate_schema(config, "workflow/schemas/config.schema.yaml")
+validate_schema(config)  # src/interpflow/config.schema.yaml
 
 
 report: "workflow/report/workflow.rst"

@@ -8,6 +8,7 @@ from conftest import REPO
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from interpflow.config import SCHEMA as CONFIG_SCHEMA
 from interpflow.config import (
     Untracked,
     check_config,
@@ -21,7 +22,7 @@ from interpflow.config import (
     with_transport,
 )
 
-SCHEMA = str(REPO / "workflow/schemas/config.schema.yaml")
+SCHEMA = str(CONFIG_SCHEMA)
 
 
 def load(name="config/config.yaml"):
@@ -188,3 +189,21 @@ def test_a_hookpoint_beyond_a_known_models_layers_is_named_before_any_job(tmp_pa
     with pytest.raises(ValueError, match=r"runs\[1\]\.hookpoints: \['resid_post\.18'\] beyond the 18 layers "
                                          r"\(0-17\) of model 'gemma3-270m'"):  # fmt: skip
         check_config(config, known_layers(config, tmp_path))
+
+
+def test_the_schema_ships_inside_the_package(tmp_path):
+    """An installed interpflow (a wheel, not a clone) carries the schema that validate_schema reads."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    assert CONFIG_SCHEMA == REPO / "src/interpflow/config.schema.yaml" and CONFIG_SCHEMA.is_file()
+    src = tmp_path / "src"  # built from a copy: pip would leave build/ in the clone
+    shutil.copytree(REPO / "src", src, ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, tmp_path / name)
+    cmd = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", "dist", "."]
+    subprocess.run(cmd, cwd=tmp_path, check=True, capture_output=True, env=os.environ | {"PIP_NO_INDEX": "1"})
+    (wheel,) = (tmp_path / "dist").glob("interpflow-*.whl")
+    assert "interpflow/config.schema.yaml" in zipfile.ZipFile(wheel).namelist()

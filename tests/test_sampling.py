@@ -12,6 +12,7 @@ import torch
 import yaml
 from conftest import REPO
 
+from interpflow.config import SCHEMA
 from interpflow.latents import LatentShard, encode_to_shards, read_shard
 from interpflow.sampling.examples import sample_examples
 from interpflow.sampling.hard import window_incidence
@@ -191,9 +192,9 @@ def test_old_min_activating_key_is_named(world):
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
     config["samplers"]["default"]["min_activating"] = 28
     with pytest.raises(WorkflowError, match="min_activating"):
-        validate(config, str(REPO / "workflow/schemas/config.schema.yaml"))
+        validate(config, str(SCHEMA))
     del config["samplers"]["default"]["min_activating"]
-    validate(config, str(REPO / "workflow/schemas/config.schema.yaml"))
+    validate(config, str(SCHEMA))
     assert config["samplers"]["default"]["min_activations"] == 40  # the default run states its own value
 
 

@@ -19,7 +19,10 @@ LLM_SCORERS = ("detection", "fuzzing", "simulation")
 RUN_NAMES = {"corpus": "corpora", "model": "models", "sampler": "samplers"}
 
 
-def validate_schema(config: dict, schema_path: str | os.PathLike) -> None:
+SCHEMA = Path(__file__).with_name("config.schema.yaml")  # package data: found installed or from a clone
+
+
+def validate_schema(config: dict, schema_path: str | os.PathLike = SCHEMA) -> None:
     """Check the config against the JSON schema and fill in its defaults (snakemake.utils.validate), but
     fail with one line per problem naming the key, not Snakemake's dump of the whole schema."""
     import jsonschema

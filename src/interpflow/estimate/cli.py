@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from interpflow.config import SCHEMA, check_config, validate_schema
 from interpflow.estimate.counts import estimate_run
 from interpflow.estimate.display import compare, format_estimate
-
-SCHEMA = Path(__file__).resolve().parents[3] / "workflow" / "schemas" / "config.schema.yaml"
 
 
 def _assign(config: dict, item: str) -> None:
@@ -50,9 +49,7 @@ def _assign(config: dict, item: str) -> None:
 def load_config(paths: Sequence[str | os.PathLike], sets: Sequence[str] = (), schema=SCHEMA) -> dict:
     """Merge config files (later over earlier, as --configfile does), apply sets, validate, fill defaults."""
     import yaml
-    from snakemake.utils import update_config, validate
-
-    from interpflow.config import check_config
+    from snakemake.utils import update_config
 
     config: dict = {}
     for path in paths:
@@ -63,7 +60,7 @@ def load_config(paths: Sequence[str | os.PathLike], sets: Sequence[str] = (), sc
         _assign(config, item)
     if not Path(schema).is_file():
         raise FileNotFoundError(f"config schema not found: {schema} (pass --schema)")
-    validate(config, str(schema))  # fills the schema's defaults, as the Snakefile does
+    validate_schema(config, schema)  # fills the schema's defaults, as the Snakefile does
     check_config(config)
     return config
 
