@@ -14,12 +14,9 @@ from interpflow.sae.model import TopKSAE
 from interpflow.scoring.intervention import (
     METRIC_COLUMNS,
     PREDICTION_COLUMNS,
-    cache_name,
     calibrate,
     check_cfg,
     clean_run,
-    continuations,
-    explanation_logprobs,
     mean_kl,
     run_intervention,
     score_latents,
@@ -31,6 +28,7 @@ from interpflow.scoring.intervention_inputs import (
     quintiles,
     shuffled_donors,
 )
+from interpflow.scoring.intervention_model import cache_name, continuations, explanation_logprobs
 from interpflow.store import read_parquet, write_parquet
 
 LAYER = 10  # of SmolLM2-135M's 30

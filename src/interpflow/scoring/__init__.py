@@ -11,7 +11,8 @@ Modules; a scorer imports only `metrics` and `common`, never another scorer:
   activation, scored by correlation
 - `embedding`: the explanation as a retrieval query over the windows (sentence embeddings)
 - `surprisal`: the subject model's loss on the windows after the explanation against a neutral description
-- `intervention` (with `intervention_inputs`): steering the subject model along the latent, judged by how
+- `intervention` (with `intervention_inputs`: prompts and options; `intervention_model`: the subject model's
+  forward passes): steering the subject model along the latent, judged by how
   much likelier the explanation becomes given the steered continuations
 
 This file imports nothing: the workflow gives each rule the files of its script's import closure as inputs,
