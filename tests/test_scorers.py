@@ -268,7 +268,7 @@ def test_fuzzing_marks():
     requests, meta, _ = build_prompts(pd.DataFrame(rows), explanations((3,)), CFG | {"kind": "fuzzing"})
     assert "<<" in requests[0][0]["content"]  # the fuzzing instructions
     seen_random = set()
-    for req, (_, _, ex) in zip(requests, meta, strict=True):
+    for req, (_, _, ex, _) in zip(requests, meta, strict=True):
         for text, (eid, on) in zip(excerpts(req), ex[["example_id", "activating"]].to_numpy(), strict=True):
             marked = re.findall(r"w\d+", " ".join(re.findall(r"<<(.*?)>>", text)))
             if on:
@@ -380,9 +380,8 @@ class SlotJudge:
         out = []
         for messages, offsets in requests:
             assert offsets == [0] and messages[-1] == {"role": "assistant", "content": ""}
-            user = messages[-2]["content"]
-            text = user.split("Text: ", 1)[1].split("\n\nDescription: ", 1)[0]
-            expl = user.split("\n\nDescription: ", 1)[1].split("\n\n", 1)[0]
+            text, question = messages[-2]["content"].removeprefix("Text: ").split("\n\n", 1)
+            expl = re.search(r"(?:contain|like this>>) (.*)\? Answer Yes or No\.$", question).group(1)
             p = self.p(text, expl)
             slots = [{"Yes": math.log(p), "No": math.log(1 - p)}]
             out.append(FakeCompletion("Yes" if p >= 0.5 else "No", completion_tokens=0, slot_logprobs=slots))
@@ -407,12 +406,11 @@ def test_slot_question_prompt_hand_written():
         and msgs[0]["content"] == "You answer questions about short texts with Yes or No."
     )
     assert msgs[-2]["content"] == (
-        'Text: the <<cat>> ran\n\nDescription: "The word cat."\n\n'
-        "Do the tokens marked <<like this>> fit the description? Answer Yes or No."
+        "Text: the <<cat>> ran\n\nAre the tokens marked <<like this>> the word cat? Answer Yes or No."
     )
     # two worked questions on another description, one Yes and one No: no answer pattern to copy
     assert [msgs[2]["content"], msgs[4]["content"]] == ["Yes", "No"]
-    assert all('Description: "Names of colours."' in m["content"] for m in (msgs[1], msgs[3]))
+    assert all("<<like this>> names of colours?" in m["content"] for m in (msgs[1], msgs[3]))
     # the same prefix for every question, so it is evaluated once
     assert judge_question_messages("fuzzing", "Dogs.", "x")[:-2] == msgs[:-2]
     assert judge_question_messages("detection", "x", "y")[1] != msgs[1]
@@ -420,19 +418,61 @@ def test_slot_question_prompt_hand_written():
         judge_question_messages("simulation", "x", "y")
 
 
+def test_explanation_as_a_phrase_inside_the_question():
+    from interpflow.prompts import as_phrase
+
+    assert as_phrase("The word cat.") == "the word cat"
+    assert as_phrase("  Years and\ndates ") == "years and dates"
+    assert as_phrase("DNA sequences") == "DNA sequences" and as_phrase("U.S. states.") == "U.S. states"
+    assert as_phrase('the tokens "..."') == 'the tokens "..."' and as_phrase("etc..") == "etc.."
+
+
+def _says_yes_to_cat(text, expl):
+    """P(yes) 0.9 on cat windows asked about cats; 0.6 otherwise (nearly always yes, but it ranks them)."""
+    return 0.9 if "cat" in text and "cat" in expl else 0.6
+
+
 def test_slot_judge_reads_p_yes_per_window():
-    # says yes to nearly everything (P >= 0.6), but ranks cat windows above dog windows
-    judge = SlotJudge(lambda text, expl: 0.9 if "cat" in text else 0.6)
+    judge = SlotJudge(_says_yes_to_cat)
     pred, met = score_latents(shard(), explanations(), CFG, judge)
-    assert len(judge.calls[0]) == 40  # one question per window, whatever examples_per_prompt says
+    # one question per window, whatever examples_per_prompt says, each followed by its neutral question
+    assert len(judge.calls[0]) == 80
+    asked = [re.search(r"contain (.*)\?", m[-2]["content"]).group(1) for m, _ in judge.calls[0]]
+    assert asked == ["the word cat", "any words"] * 40
     assert (pred["method"] == "slots").all() and (pred["position"] == 0).all()
     np.testing.assert_allclose(pred["p_yes"], np.where(pred["activating"], 0.9, 0.6))
+    np.testing.assert_allclose(pred["p_yes_neutral"], 0.6)
     assert pred["prediction"].astype(bool).all()  # every answer is yes ...
     assert (met["balanced_accuracy"] == 0.5).all()  # ... so balanced accuracy cannot tell
     assert (met["auroc"] == 1).all() and (met["score"] == 1).all() and (met["score_metric"] == "auroc").all()
     # the score depends on the explanation: a judge that ignores it scores at chance
     _, blind = score_latents(shard(), explanations(), CFG, SlotJudge(lambda text, expl: 0.7))
     assert (blind["score"] == 0.5).all()
+
+
+def test_calibration_takes_out_the_windows_own_pull():
+    """A judge whose P(yes) follows the window, not the explanation (more yes on cat windows whatever it is
+    asked), ranks the windows perfectly uncalibrated; calibrated against the neutral question it is at chance,
+    while a judge that reads the explanation keeps its AUROC of 1 (hand-computed: log-odds gains
+    logit(0.9) - logit(0.6) > 0 on cat windows, 0 on dog windows)."""
+    window_only = SlotJudge(lambda text, expl: 0.9 if "cat" in text else 0.6)
+    _, raw = score_latents(shard(), explanations(), CFG | {"calibrate": False}, window_only)
+    assert len(window_only.calls[0]) == 40 and (raw["auroc"] == 1).all()
+    pred, cal = score_latents(
+        shard(), explanations(), CFG, SlotJudge(lambda text, expl: 0.9 if "cat" in text else 0.6)
+    )
+    assert (cal["auroc"] == 0.5).all() and pred["p_yes_neutral"].notna().all()
+    _, reads = score_latents(shard(), explanations(), CFG, SlotJudge(_says_yes_to_cat))
+    assert (reads["auroc"] == 1).all()
+    # a failed neutral question fails its window (no uncalibrated value mixed into a calibrated ranking)
+    flaky = SlotJudge(_says_yes_to_cat)
+    inner = flaky.slot_logprobs_many
+    flaky.slot_logprobs_many = lambda reqs, cands, desc="llm": [
+        FakeCompletion(None, status="error", error="boom") if i == 1 else c
+        for i, c in enumerate(inner(reqs, cands, desc))
+    ]
+    pred, met = score_latents(shard(), explanations(), CFG, flaky)
+    assert pred["status"].tolist().count("llm_error") == 1 and met["n_failed"].sum() == 1
 
 
 def test_method_slots_needs_a_client_that_gives_prompt_logprobs():

@@ -207,16 +207,18 @@ def judge_user(explanation: str, texts: Sequence[str]) -> str:
     )
 
 
-# One excerpt, one question, answered by the next token (Yes or No), read from the prompt's logprobs. Plain
-# words, the text before the description, the question last, and two worked questions on another
-# description (one Yes, one No) before it. Measured on planted token-property latents (4 properties, 6 + 6
-# windows each), the local 1.5B judge's median detection AUROC under the property's own description was
-# 0.74 with the worked questions, 0.69 without (0.44 under another property's description either way) and
-# 0.55 with a prompt that spoke of latents and activations. The worked questions are the same for every
-# prompt, so llama.cpp and API providers cache them with the system message as one prefix.
+# One excerpt, one question, answered by the next token (Yes or No), read from the prompt's logprobs: the
+# text first, then the question with the description inside it ("Does the text contain the comma ","?"),
+# after two worked questions on another description (one Yes, one No). Measured on the planted latents
+# (8 token properties, 8 + 8 test windows each, `make validity`'s), the local 1.5B judge's median detection AUROC
+# under the property's own description was 0.625 with the description as a separate quoted line, 0.445
+# with the description before the text, and 0.773 with it inside the question; under another property's
+# description it was 0.48, 0.36 and 0.34. The text comes first so that the same window asked under the
+# neutral description (calibration, judge.py) reuses the window's evaluated prefix. The worked questions
+# are the same for every prompt, so llama.cpp and API providers cache them with the system message.
 _QUESTION = {
-    "detection": "Does the text contain something that fits the description? Answer Yes or No.",
-    "fuzzing": "Do the tokens marked <<like this>> fit the description? Answer Yes or No.",
+    "detection": "Does the text contain {description}? Answer Yes or No.",
+    "fuzzing": "Are the tokens marked <<like this>> {description}? Answer Yes or No.",
 }
 _QUESTION_SYSTEM = "You answer questions about short texts with Yes or No."
 _WORKED = {
@@ -226,13 +228,27 @@ _WORKED = {
         ("The red <<car>> passed a blue <<house>>.", "No"),
     ),
 }
-_WORKED_DESCRIPTION = "Names of colours."
+_WORKED_DESCRIPTION = "names of colours"
+NEUTRAL_DESCRIPTION = "any words"
+"""What a window is also asked under, so that its own pull towards Yes can be taken out (judge.py)."""
 ANSWERS = ("Yes", "No")
 
 
+def as_phrase(explanation: str) -> str:
+    """An explanation as a phrase inside the judge's question: surrounding space and one final full stop
+    dropped, the first letter lower-cased unless the first word looks like an acronym ("DNA", "U.S.")."""
+    text = " ".join(str(explanation).split())
+    if text.endswith(".") and not text.endswith(".."):
+        text = text[:-1]
+    first = text.split(" ", 1)[0]
+    if first[:1].isupper() and not any(c.isupper() or c == "." for c in first[1:]):
+        text = text[0].lower() + text[1:]
+    return text
+
+
 def _question(kind: str, explanation: str, text: str) -> dict:
-    desc = json.dumps(explanation, ensure_ascii=False)
-    return {"role": "user", "content": f"Text: {text}\n\nDescription: {desc}\n\n{_QUESTION[kind]}"}
+    question = _QUESTION[kind].format(description=as_phrase(explanation))
+    return {"role": "user", "content": f"Text: {text}\n\n{question}"}
 
 
 def judge_question_messages(kind: str, explanation: str, text: str) -> list[dict]:

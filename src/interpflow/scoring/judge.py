@@ -3,7 +3,12 @@
 Paulo et al. 2024, section 4: detection shows unmarked windows and asks which ones the explanation fits;
 fuzzing marks tokens (the truly active ones in activating windows, as many random ones in the others)
 and asks whether the marks fit. Labels come back as one list like [1, 0, 1]; when the judge returns
-logprobs, each label's P(1) against P(0) gives a score for AUROC.
+logprobs, each label's P(1) against P(0) gives a score for AUROC. With prompt logprobs (the slots method)
+each window is one question, and with `calibrate` it is asked again under a neutral description: a small
+judge's P(yes) depends on the window as much as on the explanation (issue 13: 0.77 correlation between its
+P(yes) under a latent's explanation and under another's), and the log-odds gain over the neutral question
+takes the window's own pull out. On the planted latents it raised the oracle's median detection AUROC from
+0.773 to 0.805 and brought another property's description from 0.344 to 0.438, nearer chance.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ PREDICTION_COLUMNS = {
     "activating": "bool",
     "prediction": "boolean",  # nullable: null where the judge gave no usable label
     "p_yes": "float64",
+    "p_yes_neutral": "float64",  # slots with calibrate: P(yes) for the same window under the neutral description
     "prompt_index": "int64",
     "position": "int64",
     "seed": "int64",
@@ -160,15 +166,19 @@ def _check_cfg(cfg: dict) -> tuple[str, int, int]:
 
 def build_prompts(
     examples: pd.DataFrame, explanations: pd.DataFrame, cfg: dict, method: str = "reply"
-) -> tuple[list, list[tuple[int, int, pd.DataFrame]], dict[int, str]]:
+) -> tuple[list, list[tuple[int, int, pd.DataFrame, bool]], dict[int, str]]:
     """Judge prompts for every latent with an "ok" explanation.
 
     Returns the requests (reply: chat messages with examples_per_prompt windows each; slots: one yes/no
     question per window as (messages, [0]), the answer read at the start of the reply), per request (latent,
-    prompt_index, its windows in order), and the status of each latent that gets no prompt.
+    prompt_index, its windows in order, whether it is the neutral question of the request before it), and
+    the status of each latent that gets no prompt. With slots and `calibrate` (default on) each window's
+    question is followed by the same question under prompts.NEUTRAL_DESCRIPTION: it shares the window's
+    prefix, so the model evaluates only the question's last tokens again.
     """
     kind, per_prompt, _ = _check_cfg(cfg)
     per_prompt = 1 if method == "slots" else per_prompt
+    calibrate = method == "slots" and bool(cfg.get("calibrate", True))
     requests, meta, unscored = [], [], {}
     for lat, expl, ex, rng in scorable_latents(examples, explanations, cfg, unscored):
         acts = [np.asarray(a, dtype=np.float64) for a in ex["acts"]]
@@ -178,11 +188,15 @@ def build_prompts(
             marks = [np.zeros(len(a), dtype=bool) for a in acts]
         texts = [prompts.mark_text(list(t), m) for t, m in zip(ex["token_strs"], marks, strict=True)]
         for p, s in enumerate(range(0, len(ex), per_prompt)):
-            if method == "slots":
-                requests.append((prompts.judge_question_messages(kind, expl, texts[s]), [0]))
-            else:
+            windows = ex.iloc[s : s + per_prompt]
+            if method != "slots":
                 requests.append(prompts.judge_messages(kind, expl, texts[s : s + per_prompt]))
-            meta.append((lat, p, ex.iloc[s : s + per_prompt]))
+                meta.append((lat, p, windows, False))
+                continue
+            for neutral in (False, True) if calibrate else (False,):
+                described = prompts.NEUTRAL_DESCRIPTION if neutral else expl
+                requests.append((prompts.judge_question_messages(kind, described, texts[s]), [0]))
+                meta.append((lat, p, windows, neutral))
     return requests, meta, unscored
 
 
@@ -193,14 +207,20 @@ def _answer_probs(c, n: int) -> tuple[list | None, np.ndarray, str, str]:
     return [bool(p >= 0.5) for p in p_yes], p_yes, "ok", ""
 
 
-def _read_judgment(lat: int, p: int, ex: pd.DataFrame, c, seed: int, method: str = "reply") -> pd.DataFrame:
-    """Prediction rows of one prompt's windows from the judge's completion."""
+def _read_judgment(
+    lat: int, p: int, ex: pd.DataFrame, c, seed: int, method: str = "reply", neutral=None
+) -> pd.DataFrame:
+    """Prediction rows of one prompt's windows from the judge's completion (and, when calibrated, the
+    completion of the same window's neutral question: a window whose neutral question failed fails too)."""
     n = len(ex)
-    pred, p_yes, status, error = [None] * n, np.full(n, np.nan), "ok", ""
-    if c.status != "ok":
-        status, error = llm_failure(c.status), c.error or "llm error"
+    pred, p_yes, p_neutral, status, error = [None] * n, np.full(n, np.nan), np.full(n, np.nan), "ok", ""
+    failed = next((x for x in (c, neutral) if x is not None and x.status != "ok"), None)
+    if failed is not None:
+        status, error = llm_failure(failed.status), failed.error or "llm error"
     elif method == "slots":
         pred, p_yes, status, error = _answer_probs(c, n)
+        if neutral is not None:
+            p_neutral = _answer_probs(neutral, n)[1]
     else:
         labels = parse_labels(c.text, n)
         if labels is None:
@@ -214,6 +234,7 @@ def _read_judgment(lat: int, p: int, ex: pd.DataFrame, c, seed: int, method: str
             "activating": ex["activating"].to_numpy(),
             "prediction": pd.array(pred, dtype="boolean"),
             "p_yes": p_yes,
+            "p_yes_neutral": p_neutral,
             "prompt_index": p,
             "position": np.arange(n),
             "seed": seed,
@@ -222,6 +243,11 @@ def _read_judgment(lat: int, p: int, ex: pd.DataFrame, c, seed: int, method: str
             "error": error,
         }
     )
+
+
+def _neutral_of(pairs: list, i: int):
+    """The completion of request i's neutral question (the request right after it), or None."""
+    return pairs[i + 1][1] if i + 1 < len(pairs) and pairs[i + 1][0][3] else None
 
 
 def score_latents(
@@ -239,8 +265,12 @@ def score_latents(
         completions = client.slot_logprobs_many(requests, list(prompts.ANSWERS), desc=kind)
     else:
         completions = client.complete_many(requests, desc=kind)
-    pairs = zip(meta, completions, strict=True)
-    frames = [_read_judgment(lat, p, ex, c, seed, method) for (lat, p, ex), c in pairs]
+    pairs = list(zip(meta, completions, strict=True))
+    frames = [
+        _read_judgment(lat, p, ex, c, seed, method, _neutral_of(pairs, i))
+        for i, ((lat, p, ex, neutral), c) in enumerate(pairs)
+        if not neutral
+    ]
     predictions = (
         pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*PREDICTION_COLUMNS])
     )
@@ -248,7 +278,7 @@ def score_latents(
     usage = pd.DataFrame(
         [
             (lat, c.prompt_tokens, c.completion_tokens, c.cached_tokens, c.cost_usd)
-            for (lat, _, _), c in zip(meta, completions, strict=True)
+            for (lat, _, _, _), c in pairs
         ],
         columns=["latent", "prompt_tokens", "completion_tokens", "cached_tokens", "cost_usd"],
     ).astype({"cost_usd": "float64"})

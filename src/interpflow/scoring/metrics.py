@@ -87,14 +87,28 @@ def _headline(m: dict) -> dict:
     return {"score": m[use], "score_metric": use}
 
 
+def ranking(g: pd.DataFrame) -> np.ndarray:
+    """What AUROC ranks a latent's judged windows by: the log-odds of Yes under the explanation minus
+    under the neutral description where every window has both (calibrated slots), else P(yes)."""
+    p = g["p_yes"].to_numpy(dtype=np.float64)
+    if "p_yes_neutral" not in g:
+        return p
+    q = g["p_yes_neutral"].to_numpy(dtype=np.float64)
+    if len(q) == 0 or not np.isfinite(q).all():
+        return p
+    logit = lambda x: np.log(x) - np.log1p(-x)  # noqa: E731
+    eps = np.finfo(np.float64).eps  # a probability that rounded to 0 or 1 still ranks
+    return logit(np.clip(p, eps, 1 - eps)) - logit(np.clip(q, eps, 1 - eps))
+
+
 def latent_metrics(
     predictions: pd.DataFrame, scorer: str, usage: pd.DataFrame | None = None, kind: str = "detection"
 ) -> pd.DataFrame:
     """One metrics row per latent of `predictions`: metrics over its successful rows, failures counted.
 
     `usage` has one row per prompt with `latent`, `prompt_tokens`, `completion_tokens`, `cost_usd`.
-    The headline `score` is the AUROC of P(yes) where the judge gave one for every scored window, else the
-    balanced accuracy (the paper's metric): a small judge that says yes to almost everything has a balanced
+    The headline `score` is the AUROC of P(yes) (calibrated: see `ranking`) where the judge gave one for
+    every scored window, else the balanced accuracy (the paper's metric): a small judge that says yes to almost everything has a balanced
     accuracy of 0.5 whatever the explanation, while the ranking of its P(yes) still tells windows apart.
     Which one it is shows in `score_metric`.
     """
@@ -103,7 +117,7 @@ def latent_metrics(
         ok = (g["status"] == "ok").to_numpy()
         truth = g["activating"].to_numpy(dtype=bool)[ok]
         pred = g["prediction"].to_numpy(dtype=bool, na_value=False)[ok]
-        m = binary_metrics(truth, pred, g["p_yes"].to_numpy(dtype=np.float64)[ok])
+        m = binary_metrics(truth, pred, ranking(g[ok]))
         # nothing scored: the latent carries its most common failure instead of "ok"
         status = "ok" if ok.any() else str(g.loc[~ok, "status"].value_counts().index[0])
         rows.append(
