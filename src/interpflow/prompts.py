@@ -210,7 +210,8 @@ def judge_user(explanation: str, texts: Sequence[str]) -> str:
 # One excerpt, one question, answered by the next token (Yes or No), read from the prompt's logprobs: the
 # text first, then the question with the description inside it ("Does the text contain the comma ","?"),
 # after two worked questions on another description (one Yes, one No). Measured on the planted latents
-# (8 token properties, 8 + 8 test windows each, `make validity`'s), the local 1.5B judge's median detection AUROC
+# (8 token properties, 8 + 8 test windows each, as `make validity` samples them), the local 1.5B judge's
+# median detection AUROC
 # under the property's own description was 0.625 with the description as a separate quoted line, 0.445
 # with the description before the text, and 0.773 with it inside the question; under another property's
 # description it was 0.48, 0.36 and 0.34. The text comes first so that the same window asked under the

@@ -33,7 +33,7 @@ PREDICTION_COLUMNS = {
     "activating": "bool",
     "prediction": "boolean",  # nullable: null where the judge gave no usable label
     "p_yes": "float64",
-    "p_yes_neutral": "float64",  # slots with calibrate: P(yes) for the same window under the neutral description
+    "p_yes_neutral": "float64",  # calibrate (slots): P(yes) of the same window under the neutral description
     "prompt_index": "int64",
     "position": "int64",
     "seed": "int64",

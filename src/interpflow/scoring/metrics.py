@@ -108,8 +108,9 @@ def latent_metrics(
 
     `usage` has one row per prompt with `latent`, `prompt_tokens`, `completion_tokens`, `cost_usd`.
     The headline `score` is the AUROC of P(yes) (calibrated: see `ranking`) where the judge gave one for
-    every scored window, else the balanced accuracy (the paper's metric): a small judge that says yes to almost everything has a balanced
-    accuracy of 0.5 whatever the explanation, while the ranking of its P(yes) still tells windows apart.
+    every scored window, else the balanced accuracy (the paper's metric): a small judge that says yes to
+    almost everything has a balanced accuracy of 0.5 whatever the explanation, while the ranking of its
+    P(yes) still tells windows apart.
     Which one it is shows in `score_metric`.
     """
     rows = []
