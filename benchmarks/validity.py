@@ -71,6 +71,9 @@ class Layout:
     def metrics(self, explainer: str, scorer: str) -> list[str]:
         return [f"{self.folder(explainer)}/{scorer}/metrics-{s}.parquet" for s in self.shards]
 
+    def predictions(self, explainer: str, scorer: str) -> list[str]:
+        return [f"{self.folder(explainer)}/{scorer}/predictions-{s}.parquet" for s in self.shards]
+
     def explanations(self, explainer: str) -> list[str]:
         return [f"{self.folder(explainer)}/explanations-{s}.parquet" for s in self.shards]
 
@@ -102,6 +105,33 @@ def read_scores(lay: Layout, explainer: str, scorer: str) -> pd.Series:
     return out
 
 
+def raw_auroc(lay: Layout, explainer: str, scorer: str) -> pd.Series:
+    """Per-latent AUROC of the judge's own P(yes), without the neutral calibration the headline uses."""
+    from sklearn.metrics import roc_auc_score
+
+    p = pd.concat([pd.read_parquet(REPO / f) for f in lay.predictions(explainer, scorer)], ignore_index=True)
+    p = p[p["status"] == "ok"]
+    out = {int(lat): roc_auc_score(g["activating"], g["p_yes"]) for lat, g in p.groupby("latent")
+           if g["activating"].nunique() == 2 and g["p_yes"].notna().all()}  # fmt: skip
+    return pd.Series(out, name="auroc", dtype=float)
+
+
+def _calibration_rows(lay: Layout, s: dict, judges: list[str], who: list[str], ip: np.ndarray) -> list[dict]:
+    """What calibrating P(yes) against the neutral question did, on the same judgments: the calibrated
+    headline AUROC against the raw P(yes)'s, paired on the planted latents (the oracle should gain, the
+    random explanation should move towards 0.5). Informational: no target."""
+    rows = []
+    for n in judges:
+        for e in who:
+            raw = raw_auroc(lay, e, n)
+            d, p, k = paired(s[e, n], raw, ip, ip)
+            what = (f"calibration: {e} explanation on planted latents, {n} AUROC calibrated minus raw P(yes) "
+                    f"(paired median difference, Wilcoxon p = {p:.3g}, n = {k})")  # fmt: skip
+            note = f"medians: calibrated {median(s[e, n], ip):.3f}, raw P(yes) {median(raw, ip):.3f}"
+            rows.append(row(what, d, "none (measured)", None, note))
+    return rows
+
+
 def chance(scores: pd.Series, kind: str) -> float:
     return 0.0 if scores.name == "score" and kind in CORRELATION else 0.5
 
@@ -113,8 +143,10 @@ def _note(s: pd.Series, latents: np.ndarray) -> str:
     return f"{ok} of {len(latents)} latents ok" + (f"; other statuses {bad}" if bad else "")
 
 
-def row(measure: str, value, target: str, met: bool, note: str = "") -> dict:
-    return dict(measure=measure, value=value, target=target, met=bool(met), note=note)
+def row(measure: str, value, target: str, met: bool | None, note: str = "") -> dict:
+    """One row of the table; `met` None for a measurement without a target."""
+    met = None if met is None else bool(met)
+    return dict(measure=measure, value=value, target=target, met=met, note=note)
 
 
 def median(s: pd.Series, latents: np.ndarray) -> float:
@@ -185,7 +217,7 @@ def measure(lay: Layout, planted: pd.DataFrame) -> list[dict]:
         r = _paired_row(what, s[oracle, n], s[rand, n], ip, ip, ">= 0.2, p < 0.05", 0.2)
         r["note"] = f"medians: {oracle} {median(s[oracle, n], ip):.3f}, {rand} {median(s[rand, n], ip):.3f}"
         rows.append(r)
-    return rows
+    return rows + _calibration_rows(lay, s, judges, [oracle, rand], ip)
 
 
 def show(rows: list[dict]) -> None:
@@ -193,7 +225,8 @@ def show(rows: list[dict]) -> None:
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
     say("", "| measure | value | target | met |", "|---|---|---|---|")
     for r in rows:
-        say(f"| {r['measure']} | {fmt(r['value'])} | {r['target']} | {'met' if r['met'] else 'NOT MET'} |")
+        met = "" if r["met"] is None else "met" if r["met"] else "NOT MET"
+        say(f"| {r['measure']} | {fmt(r['value'])} | {r['target']} | {met} |")
     say(*(f"- {r['measure']}: {r['note']}" for r in rows if r["note"]))
 
 

@@ -103,6 +103,7 @@ def test_the_validity_table_is_spliced_from_the_benchmark_json(tmp_path):
             note="8 of 8 latents ok",
         ),
         dict(measure="named", value="2 of 8", target=">= 4 of 5", met=False),
+        dict(measure="calibration gain", value=0.031, target="none (measured)", met=None),
     ]
     about = {"config": "/somewhere/config/validity.yaml", "planted": [{}] * 16, "rows": rows}
     (tmp_path / "validity.json").write_text(json.dumps(about))
@@ -114,4 +115,5 @@ def test_the_validity_table_is_spliced_from_the_benchmark_json(tmp_path):
     assert text.endswith(VALIDITY_END + "\nend\n")
     assert "| oracle, fuzzing AUROC (median) | 0.836 | >= 0.85 | **not met** |" in text
     assert "| named | 2 of 8 | >= 4 of 5 | **not met** |" in text
+    assert "| calibration gain | 0.031 | none (measured) |  |" in text  # no verdict without a target
     assert "`config/validity.yaml` (16 latents" in text and "- oracle, fuzzing AUROC (median): 8 of 8" in text

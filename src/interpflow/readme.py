@@ -162,10 +162,8 @@ def validity_block(validity_json: str | Path) -> str:
 
     about = json.loads(Path(validity_json).read_text(encoding="utf-8"))
     fmt = lambda v: _num(v, 3) if isinstance(v, float) else str(v)  # noqa: E731
-    rows = [
-        [r["measure"], fmt(r["value"]), r["target"], "met" if r["met"] else "**not met**"]
-        for r in about["rows"]
-    ]
+    verdict = {True: "met", False: "**not met**", None: ""}  # None: a measurement without a target
+    rows = [[r["measure"], fmt(r["value"]), r["target"], verdict[r["met"]]] for r in about["rows"]]
     notes = [f"- {r['measure']}: {r['note']}" for r in about["rows"] if r.get("note")]
     n, config = len(about["planted"]), Path(about["config"]).name
     head = f"`make validity` with `config/{config}` ({n} latents: planted probes and their controls):"
