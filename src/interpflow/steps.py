@@ -15,11 +15,21 @@ log = logging.getLogger("interpflow")
 # The errors our steps raise on purpose, each naming the config key or file at fault (anything else is a bug
 # and keeps its traceback on the terminal).
 ANTICIPATED = (ValueError, OSError, RuntimeError)
+LOG_LEVEL_ENV = "INTERPFLOW_LOG_LEVEL"  # not a config key: a log level changes no output
+
+
+def log_level() -> int:
+    """The steps' log level, from INTERPFLOW_LOG_LEVEL (DEBUG, INFO, WARNING or ERROR; default INFO)."""
+    name = os.environ.get(LOG_LEVEL_ENV, "").strip().upper() or "INFO"
+    if name not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise SystemExit(f"{LOG_LEVEL_ENV}={name!r} is not a log level: use DEBUG, INFO, WARNING or ERROR")
+    return logging.getLevelName(name)
 
 
 @contextlib.contextmanager
 def logged(log_path: str | os.PathLike, threads: int | None = None) -> Iterator[None]:
     """Send logging and stderr (tqdm bars, warnings) to a step's log file; log the traceback on failure."""
+    level = log_level()
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,7 +38,7 @@ def logged(log_path: str | os.PathLike, threads: int | None = None) -> Iterator[
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root = logging.getLogger()
         root.addHandler(handler)
-        root.setLevel(logging.INFO)
+        root.setLevel(level)
         if threads:
             import torch
 

@@ -12,6 +12,8 @@ def _litellm():
     import litellm
 
     litellm.suppress_debug_info = True  # it prints help banners to stdout on every error otherwise
-    for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):  # two INFO lines per request otherwise
-        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
+    # its two INFO lines per request are kept out of the step's log unless the user asks for DEBUG
+    root = logging.getLogger().getEffectiveLevel()
+    for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
+        logging.getLogger(name).setLevel(root if root <= logging.DEBUG else max(logging.WARNING, root))
     return litellm
