@@ -106,24 +106,29 @@ def read_scores(lay: Layout, explainer: str, scorer: str) -> pd.Series:
 
 
 def raw_auroc(lay: Layout, explainer: str, scorer: str) -> pd.Series:
-    """Per-latent AUROC of the judge's own P(yes), without the neutral calibration the headline uses."""
+    """Per-latent AUROC of the judge's own P(yes), without the neutral calibration the headline may use
+    (attrs["calibrated"]: whether it did, i.e. the predictions hold p_yes_neutral)."""
     from sklearn.metrics import roc_auc_score
 
     p = pd.concat([pd.read_parquet(REPO / f) for f in lay.predictions(explainer, scorer)], ignore_index=True)
     p = p[p["status"] == "ok"]
     out = {int(lat): roc_auc_score(g["activating"], g["p_yes"]) for lat, g in p.groupby("latent")
            if g["activating"].nunique() == 2 and g["p_yes"].notna().all()}  # fmt: skip
-    return pd.Series(out, name="auroc", dtype=float)
+    raw = pd.Series(out, name="auroc", dtype=float)
+    raw.attrs["calibrated"] = bool(p.get("p_yes_neutral", pd.Series(dtype=float)).notna().any())
+    return raw
 
 
 def _calibration_rows(lay: Layout, s: dict, judges: list[str], who: list[str], ip: np.ndarray) -> list[dict]:
     """What calibrating P(yes) against the neutral question did, on the same judgments: the calibrated
     headline AUROC against the raw P(yes)'s, paired on the planted latents (the oracle should gain, the
-    random explanation should move towards 0.5). Informational: no target."""
+    random explanation should move towards 0.5). Informational: no target; none where `calibrate` is off."""
     rows = []
     for n in judges:
         for e in who:
             raw = raw_auroc(lay, e, n)
+            if not raw.attrs["calibrated"]:
+                continue
             d, p, k = paired(s[e, n], raw, ip, ip)
             what = (f"calibration: {e} explanation on planted latents, {n} AUROC calibrated minus raw P(yes) "
                     f"(paired median difference, Wilcoxon p = {p:.3g}, n = {k})")  # fmt: skip

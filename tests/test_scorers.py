@@ -435,13 +435,15 @@ def _says_yes_to_cat(text, expl):
 def test_slot_judge_reads_p_yes_per_window():
     judge = SlotJudge(_says_yes_to_cat)
     pred, met = score_latents(shard(), explanations(), CFG, judge)
-    # one question per window, whatever examples_per_prompt says, each followed by its neutral question
-    assert len(judge.calls[0]) == 80
+    assert len(judge.calls[0]) == 40  # one question per window, whatever examples_per_prompt says
     asked = [re.search(r"contain (.*)\?", m[-2]["content"]).group(1) for m, _ in judge.calls[0]]
-    assert asked == ["the word cat", "any words"] * 40
+    assert asked == ["the word cat"] * 40 and pred["p_yes_neutral"].isna().all()  # calibrate is off
     assert (pred["method"] == "slots").all() and (pred["position"] == 0).all()
     np.testing.assert_allclose(pred["p_yes"], np.where(pred["activating"], 0.9, 0.6))
-    np.testing.assert_allclose(pred["p_yes_neutral"], 0.6)
+    _, calibrated = score_latents(shard(), explanations(), CFG | {"calibrate": True}, judge)
+    # with calibrate, each question is followed by its neutral one
+    asked = [re.search(r"contain (.*)\?", m[-2]["content"]).group(1) for m, _ in judge.calls[1]]
+    assert asked == ["the word cat", "any words"] * 40 and (calibrated["auroc"] == 1).all()
     assert pred["prediction"].astype(bool).all()  # every answer is yes ...
     assert (met["balanced_accuracy"] == 0.5).all()  # ... so balanced accuracy cannot tell
     assert (met["auroc"] == 1).all() and (met["score"] == 1).all() and (met["score_metric"] == "auroc").all()
@@ -456,13 +458,12 @@ def test_calibration_takes_out_the_windows_own_pull():
     while a judge that reads the explanation keeps its AUROC of 1 (hand-computed: log-odds gains
     logit(0.9) - logit(0.6) > 0 on cat windows, 0 on dog windows)."""
     window_only = SlotJudge(lambda text, expl: 0.9 if "cat" in text else 0.6)
-    _, raw = score_latents(shard(), explanations(), CFG | {"calibrate": False}, window_only)
+    _, raw = score_latents(shard(), explanations(), CFG, window_only)  # calibrate is off by default
     assert len(window_only.calls[0]) == 40 and (raw["auroc"] == 1).all()
-    pred, cal = score_latents(
-        shard(), explanations(), CFG, SlotJudge(lambda text, expl: 0.9 if "cat" in text else 0.6)
-    )
+    cfg = CFG | {"calibrate": True}
+    pred, cal = score_latents(shard(), explanations(), cfg, window_only)
     assert (cal["auroc"] == 0.5).all() and pred["p_yes_neutral"].notna().all()
-    _, reads = score_latents(shard(), explanations(), CFG, SlotJudge(_says_yes_to_cat))
+    _, reads = score_latents(shard(), explanations(), cfg, SlotJudge(_says_yes_to_cat))
     assert (reads["auroc"] == 1).all()
     # a failed neutral question fails its window (no uncalibrated value mixed into a calibrated ranking)
     flaky = SlotJudge(_says_yes_to_cat)
@@ -471,7 +472,7 @@ def test_calibration_takes_out_the_windows_own_pull():
         FakeCompletion(None, status="error", error="boom") if i == 1 else c
         for i, c in enumerate(inner(reqs, cands, desc))
     ]
-    pred, met = score_latents(shard(), explanations(), CFG, flaky)
+    pred, met = score_latents(shard(), explanations(), cfg, flaky)
     assert pred["status"].tolist().count("llm_error") == 1 and met["n_failed"].sum() == 1
 
 

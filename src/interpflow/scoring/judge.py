@@ -4,11 +4,13 @@ Paulo et al. 2024, section 4: detection shows unmarked windows and asks which on
 fuzzing marks tokens (the truly active ones in activating windows, as many random ones in the others)
 and asks whether the marks fit. Labels come back as one list like [1, 0, 1]; when the judge returns
 logprobs, each label's P(1) against P(0) gives a score for AUROC. With prompt logprobs (the slots method)
-each window is one question, and with `calibrate` it is asked again under a neutral description: a small
-judge's P(yes) depends on the window as much as on the explanation (issue 13: 0.77 correlation between its
-P(yes) under a latent's explanation and under another's), and the log-odds gain over the neutral question
-takes the window's own pull out. On the planted latents it raised the oracle's median detection AUROC from
-0.773 to 0.805 and brought another property's description from 0.344 to 0.438, nearer chance.
+each window is one question. With `calibrate` (off by default) it is asked again under a neutral description
+and windows are ranked by the log-odds gain over it, to take out the window's own pull towards Yes. Measured
+on the planted latents (`make validity`'s windows), that raised the oracle's median detection AUROC only
+from 0.773 to 0.789 and fuzzing from 0.898 to 0.961, but it raised the random explanation's detection floor
+from 0.547 to 0.695: the neutral question's P(yes) itself differs between activating and non-activating
+windows (alone it ranks them at a median AUROC of about 0.67), so subtracting it favours the activating
+windows whatever the explanation says.
 """
 
 from __future__ import annotations
@@ -172,13 +174,13 @@ def build_prompts(
     Returns the requests (reply: chat messages with examples_per_prompt windows each; slots: one yes/no
     question per window as (messages, [0]), the answer read at the start of the reply), per request (latent,
     prompt_index, its windows in order, whether it is the neutral question of the request before it), and
-    the status of each latent that gets no prompt. With slots and `calibrate` (default on) each window's
+    the status of each latent that gets no prompt. With slots and `calibrate` (default off) each window's
     question is followed by the same question under prompts.NEUTRAL_DESCRIPTION: it shares the window's
     prefix, so the model evaluates only the question's last tokens again.
     """
     kind, per_prompt, _ = _check_cfg(cfg)
     per_prompt = 1 if method == "slots" else per_prompt
-    calibrate = method == "slots" and bool(cfg.get("calibrate", True))
+    calibrate = method == "slots" and bool(cfg.get("calibrate", False))
     requests, meta, unscored = [], [], {}
     for lat, expl, ex, rng in scorable_latents(examples, explanations, cfg, unscored):
         acts = [np.asarray(a, dtype=np.float64) for a in ex["acts"]]
