@@ -108,12 +108,12 @@ def read_scores(lay: Layout, explainer: str, scorer: str) -> pd.Series:
 def raw_auroc(lay: Layout, explainer: str, scorer: str) -> pd.Series:
     """Per-latent AUROC of the judge's own P(yes), without the neutral calibration the headline may use
     (attrs["calibrated"]: whether it did, i.e. the predictions hold p_yes_neutral)."""
-    from sklearn.metrics import roc_auc_score
+    from interpflow.scoring.common import auroc  # NaN for a latent whose windows lack a class
 
     p = pd.concat([pd.read_parquet(REPO / f) for f in lay.predictions(explainer, scorer)], ignore_index=True)
     p = p[p["status"] == "ok"]
-    out = {int(lat): roc_auc_score(g["activating"], g["p_yes"]) for lat, g in p.groupby("latent")
-           if g["activating"].nunique() == 2 and g["p_yes"].notna().all()}  # fmt: skip
+    out = {int(lat): auroc(g["activating"], g["p_yes"]) for lat, g in p.groupby("latent")
+           if g["p_yes"].notna().all()}  # fmt: skip
     raw = pd.Series(out, name="auroc", dtype=float)
     raw.attrs["calibrated"] = bool(p.get("p_yes_neutral", pd.Series(dtype=float)).notna().any())
     return raw

@@ -211,11 +211,10 @@ def judge_user(explanation: str, texts: Sequence[str]) -> str:
 # text first, then the question with the description inside it ("Does the text contain the comma ","?"),
 # after two worked questions on another description (one Yes, one No). Measured on the planted latents
 # (8 token properties, 8 + 8 test windows each, as `make validity` samples them), the local 1.5B judge's
-# median detection AUROC
-# under the property's own description was 0.625 with the description as a separate quoted line, 0.445
-# with the description before the text, and 0.773 with it inside the question; under another property's
-# description it was 0.48, 0.36 and 0.34. The text comes first so that the same window asked under the
-# neutral description (calibration, judge.py) reuses the window's evaluated prefix. The worked questions
+# median detection AUROC under the property's own description was 0.625 with the description as a separate
+# quoted line, 0.445 with the description before the text, and 0.773 with it inside the question; under
+# another property's description it was 0.48, 0.36 and 0.34. The text comes first so that the same window
+# asked under the neutral description (calibration, judge.py) reuses the window's evaluated prefix. The worked questions
 # are the same for every prompt, so llama.cpp and API providers cache them with the system message.
 _QUESTION = {
     "detection": "Does the text contain {description}? Answer Yes or No.",
