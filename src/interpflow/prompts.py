@@ -214,8 +214,9 @@ def judge_user(explanation: str, texts: Sequence[str]) -> str:
 # median detection AUROC under the property's own description was 0.625 with the description as a separate
 # quoted line, 0.445 with the description before the text, and 0.773 with it inside the question; under
 # another property's description it was 0.48, 0.36 and 0.34. The text comes first so that the same window
-# asked under the neutral description (calibration, judge.py) reuses the window's evaluated prefix. The worked questions
-# are the same for every prompt, so llama.cpp and API providers cache them with the system message.
+# asked under the neutral description (calibration, judge.py) reuses the window's evaluated prefix. The
+# worked questions are the same for every prompt, so llama.cpp and API providers cache them with the system
+# message.
 _QUESTION = {
     "detection": "Does the text contain {description}? Answer Yes or No.",
     "fuzzing": "Are the tokens marked <<like this>> {description}? Answer Yes or No.",
