@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import tenacity
+
 from interpflow.llm.backend import _litellm
 from interpflow.llm.budget import SpendLedger, check_budget
 from interpflow.llm.cache import cache_get, cache_put
@@ -180,26 +182,40 @@ class LLMClient:
         return self.is_local
 
     async def _call(self, messages: list[dict], slots: dict | None = None) -> Any:
-        """Call litellm with retries and backoff; raise the last error when they are used up."""
-        litellm = _litellm()
-        logprobs, attempt = self.logprobs, 0
-        while True:
-            try:
-                return await litellm.acompletion(**self._request(messages, logprobs, slots))
-            except Exception as exc:
-                if logprobs and _rejects_logprobs(exc):  # the caller then gets no logprobs (no P(yes))
-                    log.warning("%s rejects logprobs; asking without them", self.model)
-                    logprobs = False
-                    continue
-                if attempt >= self.max_retries or not is_retryable(exc):
-                    raise
-                wait = _retry_after(exc)
-                if wait is None:
-                    wait = min(MAX_BACKOFF_S, self.retry_base_s * 2**attempt) * (0.5 + self._rng.random())
-                attempt += 1
-                log.info("retry %d/%d of %s in %.2fs: %s", attempt, self.max_retries, self.model, wait,
-                         _error_text(exc, 200))  # fmt: skip
-                await asyncio.sleep(wait)
+        """Call litellm with retries (tenacity: the provider's Retry-After, else exponential backoff with
+        jitter); raise the last error when they are used up. A provider that rejects logprobs is asked again
+        at once without them, which is not a retry (the caller then gets no P(yes))."""
+        litellm, logprobs = _litellm(), [self.logprobs]
+        retrying = tenacity.AsyncRetrying(
+            stop=tenacity.stop_after_attempt(self.max_retries + 1),
+            retry=tenacity.retry_if_exception(is_retryable),
+            wait=self._backoff,
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                try:
+                    return await litellm.acompletion(**self._request(messages, logprobs[0], slots))
+                except Exception as exc:
+                    if not (logprobs[0] and _rejects_logprobs(exc)):
+                        raise
+                log.warning("%s rejects logprobs; asking without them", self.model)
+                logprobs[0] = False
+                return await litellm.acompletion(**self._request(messages, False, slots))
+
+    def _backoff(self, state: tenacity.RetryCallState) -> float:
+        """Seconds before the next try: what the provider's Retry-After says, else base * 2^(try - 1)
+        with jitter (0.5-1.5x), at most MAX_BACKOFF_S."""
+        wait = _retry_after(state.outcome.exception())
+        if wait is not None:
+            return wait
+        base = min(MAX_BACKOFF_S, self.retry_base_s * 2 ** (state.attempt_number - 1))
+        return base * (0.5 + self._rng.random())
+
+    def _log_retry(self, state: tenacity.RetryCallState) -> None:
+        log.info("retry %d/%d of %s in %.2fs: %s", state.attempt_number, self.max_retries, self.model,
+                 state.upcoming_sleep, _error_text(state.outcome.exception(), 200))  # fmt: skip
 
     def _cost(self, response: Any) -> float | None:
         """litellm's price of a response; 0.0 for local models; None when unknown."""
