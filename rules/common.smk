@@ -9,6 +9,7 @@ from pathlib import Path
 
 from interpflow.config import check_config, layer_below, run_combinations, wants_gpu
 from interpflow.config import Untracked, known_layers, split_transport, used_config
+from interpflow.defaults import scorer_slice
 from interpflow.config import layer_pairs as config_layer_pairs
 
 check_config(config, known_layers(config))
@@ -190,25 +191,40 @@ def transport_of(entry, threads):
 
 def estimate_params():
     """The estimate's config (only the entries runs use) untracked, and a short digest of it that is tracked:
-    a change reruns the estimate, and the reason line names a digest instead of printing the config."""
+    a change reruns the estimate (of a scorer, only a key its kind reads), and the reason line names a digest
+    instead of printing the config."""
     used = used_config(config)
-    digest = hashlib.sha256(json.dumps(used, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    tracked = used | {"scorers": {n: scorer_slice(e) for n, e in used["scorers"].items()}}  # what each reads
+    digest = hashlib.sha256(json.dumps(tracked, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return Untracked(used), digest
 
 
 ESTIMATE_PARAMS = estimate_params()  # once per parse: the estimate rule reads both
 
 
+def scorer_params(w):
+    """A scorer job's config: the keys its kind reads (config.scorer_slice) and its name."""
+    return dict(scorer_slice(config["scorers"][w.scorer]), name=w.scorer)
+
+
 def scorer_gpu(w):
     """The GPUs a surprisal or intervention job declares: its scorer model's device decides."""
-    name = config["scorers"][w.scorer].get("scorer_model") or w.model
-    return max(gpu_count(w), wants_gpu(config["models"][name]["device"]))
+    return max(gpu_count(w), wants_gpu(scorer_model_cfg(w)["device"]))
+
+
+def scorer_model_name(w):
+    """The models entry a surprisal or intervention scorer reads text with: its own, or the subject."""
+    return config["scorers"][w.scorer].get("scorer_model") or w.model
 
 
 def scorer_model(w):
-    """The prepared model a surprisal or intervention scorer reads text with: its own, or the subject."""
-    name = config["scorers"][w.scorer].get("scorer_model") or w.model
-    return f"results/models/{name}/model.json"
+    """The prepared model a surprisal or intervention scorer reads text with."""
+    return f"results/models/{scorer_model_name(w)}/model.json"
+
+
+def scorer_model_cfg(w):
+    """The models entry (dtype, device, ...) of that model, which it is loaded with."""
+    return config["models"][scorer_model_name(w)]
 
 
 def llm_gguf(llm):

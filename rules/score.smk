@@ -18,7 +18,7 @@ rule score:
     resources:
         mem_mb=lambda w, attempt: 6000 * attempt,
     params:
-        cfg=lambda w: answers_of(dict(config["scorers"][w.scorer], name=w.scorer)),
+        cfg=lambda w: answers_of(scorer_params(w)),
         transport=lambda w, threads: transport_of(config["scorers"][w.scorer], threads),
         cache_dir=config["llm_cache"],
     script:
@@ -43,7 +43,7 @@ rule score_embedding:
     resources:
         mem_mb=lambda w, attempt: 4000 * attempt,
     params:
-        cfg=lambda w: dict(config["scorers"][w.scorer], name=w.scorer),
+        cfg=scorer_params,
     script:
         "../workflow/scripts/score_embedding.py"
 
@@ -68,8 +68,8 @@ rule score_surprisal:
         mem_mb=lambda w, attempt: 8000 * attempt,
         gpu=scorer_gpu,
     params:
-        cfg=lambda w: dict(config["scorers"][w.scorer], name=w.scorer),
-        model_cfg=lambda w: config["models"][config["scorers"][w.scorer].get("scorer_model") or w.model],
+        cfg=scorer_params,
+        model_cfg=scorer_model_cfg,
     script:
         "../workflow/scripts/score_surprisal.py"
 
@@ -99,7 +99,8 @@ rule score_intervention:
         mem_mb=lambda w, attempt: 8000 * attempt,
         gpu=scorer_gpu,
     params:
-        cfg=lambda w: dict(config["scorers"][w.scorer], name=w.scorer),
+        cfg=scorer_params,
         model_cfg=lambda w: config["models"][w.model],
+        scorer_cfg=scorer_model_cfg,
     script:
         "../workflow/scripts/score_intervention.py"

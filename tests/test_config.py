@@ -21,6 +21,7 @@ from interpflow.config import (
     wants_gpu,
     with_transport,
 )
+from interpflow.defaults import scorer_kinds, scorer_slice, with_defaults
 
 SCHEMA = str(CONFIG_SCHEMA)
 
@@ -163,6 +164,41 @@ def test_transport_settings_are_split_off_untracked_and_put_back():
     assert with_transport(answers, transport) == entry and entry["llm"]["api_base"] == "http://h:1/v1"
     assert split_transport({"kind": "embedding"}) == ({"kind": "embedding"}, Untracked({}))
     assert with_transport({"kind": "embedding"}, Untracked({"timeout_s": 1})) == {"kind": "embedding"}
+
+
+def test_a_scorer_job_gets_only_the_keys_its_kind_reads():
+    kinds = ["detection", "fuzzing", "simulation", "embedding", "surprisal", "intervention"]
+    config = load()
+    config["scorers"] = {k: {"kind": k} for k in kinds}
+    config["scorers"]["detection"]["llm"] = config["scorers"]["fuzzing"]["llm"] = {"model": "local/x"}
+    validate(config, SCHEMA)  # fills every key's default into every entry
+    assert "calibrate" in config["scorers"]["intervention"] and "target_kl" in config["scorers"]["detection"]
+    sliced = {k: scorer_slice(config["scorers"][k]) for k in kinds}
+    assert sliced["detection"]["calibrate"] is False and sliced["detection"]["llm"]["model"] == "local/x"
+    assert not {"target_kl", "n_shots", "model", "neutral"} & set(sliced["detection"])
+    assert sliced["intervention"]["target_kl"] == 1.0 and sliced["intervention"]["scorer_model"] is None
+    unread = {"calibrate", "llm", "examples_per_prompt", "negatives", "batch_size"}
+    assert not unread & set(sliced["intervention"])
+    assert set(sliced["embedding"]) == {"kind", "max_latents", "seed", "max_activating", "max_nonactivating",
+                                        "negatives", "model", "batch_size", "query_prefix", "document_prefix",
+                                        "device"}  # fmt: skip
+    for entry in sliced.values():  # what every kind reads stays; slicing again changes nothing
+        assert {"kind", "seed", "max_latents"} <= set(entry) and entry == scorer_slice(entry)
+    assert all(ks <= set(kinds) for ks in scorer_kinds().values())  # x-kinds names only real kinds
+
+
+def test_with_defaults_fills_what_the_workflow_fills():
+    config = load()  # validated by the workflow's own call, defaults filled in
+    for section in ("corpora", "models", "dictionaries", "samplers", "explainers", "scorers"):
+        for name, entry in config[section].items():
+            given = yaml.safe_load((REPO / "config/config.yaml").read_text())[section][name]
+            assert with_defaults(section, given) == entry, (section, name)
+    assert with_defaults("latent_store") == {"shard_size": 4096, "batch_size": 4096, "device": "auto"}
+    sampler = with_defaults("samplers", {"n_test": 3, "latents": {"n": 2}})
+    assert sampler["n_test"] == 3 and sampler["min_activations"] == 200  # given kept, the rest filled
+    assert sampler["latents"] == {"n": 2, "seed": 0, "partners": False}  # at every depth
+    judge = with_defaults("scorers", {"kind": "detection", "llm": {"model": "local/x"}})
+    assert judge["llm"]["top_logprobs"] == 5 and judge["calibrate"] is False  # through the llm $ref
 
 
 def test_used_config_keeps_only_what_runs_use():

@@ -168,6 +168,15 @@ def test_scorer_parameter_reruns_only_that_scorer(tiny):
     assert len([j for j in jobs if j[0] == "score"]) == 2  # one per shard
 
 
+def test_a_key_another_kind_reads_reruns_nothing(tiny):
+    work, config = tiny
+    changed = yaml.safe_load(yaml.safe_dump(config))
+    for name in ("simulation", "embedding", "surprisal", "intervention"):  # only detection, fuzzing read it
+        changed["scorers"][name]["calibrate"] = True
+    changed["scorers"]["embedding"]["target_kl"] = 2.0  # only intervention reads it
+    assert planned_jobs(work, changed) == []
+
+
 def test_explainer_change_reruns_explanations_scores_summary(tiny):
     work, config = tiny
     changed = yaml.safe_load(yaml.safe_dump(config))

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .defaults import with_defaults
 from .models import load_model
 from .store import atomic_path, open_h5
 
@@ -159,7 +160,7 @@ def cache_activations(
     with open_h5(tokens_path) as f:
         tokens = f["tokens"][:]
     n_seq, ctx_len = tokens.shape
-    batch = cfg.get("batch_size", 8)
+    batch = with_defaults("models", cfg)["batch_size"]
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
         outs = []

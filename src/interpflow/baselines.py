@@ -15,6 +15,7 @@ import time
 import numpy as np
 import pandas as pd
 
+from interpflow.defaults import with_defaults
 from interpflow.explanations import EXPLANATION_COLUMNS, explanation_row
 from interpflow.store import read_parquet, write_parquet
 
@@ -77,7 +78,7 @@ def _describe(keys: list[str]) -> str:
 
 def explain_top_tokens(examples: pd.DataFrame, latents: pd.DataFrame, cfg: dict) -> pd.DataFrame:
     """Top-tokens explanations: one row per row of `latents` (skipped latents get status "skipped")."""
-    n_tokens = cfg.get("n_tokens", 5)
+    n_tokens = with_defaults("explainers", cfg)["n_tokens"]
     if not isinstance(n_tokens, int) or n_tokens < 1:
         raise ValueError(f"top-tokens option n_tokens must be an integer >= 1, got {n_tokens!r}")
     t0 = time.perf_counter()
@@ -190,7 +191,7 @@ def explain_random(source: pd.DataFrame, cfg: dict, pool: pd.DataFrame | None = 
     (case- and whitespace-normalised) text. Latents whose source explanation is not ok stay out (status
     "skipped"), so the baseline covers the same latents as its source. One row per row of `source`.
     """
-    seed = cfg.get("seed", 0)
+    seed = with_defaults("explainers", cfg)["seed"]
     if not isinstance(seed, int):
         raise ValueError(f"random explainer option seed must be an integer, got {seed!r}")
     donors = _pooled_donors(source if pool is None else pool, seed)

@@ -8,6 +8,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from interpflow.defaults import SCHEMA
+
 RUN_LISTS = {
     "hookpoints": None,
     "dictionaries": "dictionaries",
@@ -19,7 +21,6 @@ LLM_SCORERS = ("detection", "fuzzing", "simulation")
 RUN_NAMES = {"corpus": "corpora", "model": "models", "sampler": "samplers"}
 
 
-SCHEMA = Path(__file__).with_name("config.schema.yaml")  # package data: found installed or from a clone
 
 
 def validate_schema(config: dict, schema_path: str | os.PathLike = SCHEMA) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from .defaults import with_defaults
 from .models import load_tokenizer, package_dir
 from .store import atomic_path, read_parquet
 
@@ -76,11 +77,10 @@ def hf_texts(cfg: dict) -> Iterator[str]:
     """Stream documents of a Hugging Face dataset (needs network access or a local datasets cache)."""
     from datasets import load_dataset
 
-    ds = load_dataset(
-        cfg["hf_name"], cfg.get("hf_config"), split=cfg.get("hf_split", "train"), streaming=True
-    )
-    ds = ds.shuffle(seed=cfg.get("seed", 0), buffer_size=10_000)
-    field = cfg.get("text_field", "text")
+    cfg = with_defaults("corpora", cfg)
+    ds = load_dataset(cfg["hf_name"], cfg["hf_config"], split=cfg["hf_split"], streaming=True)
+    ds = ds.shuffle(seed=cfg["seed"], buffer_size=10_000)
+    field = cfg["text_field"]
     for row in ds:
         if row.get(field):
             yield row[field]
@@ -88,6 +88,7 @@ def hf_texts(cfg: dict) -> Iterator[str]:
 
 def corpus_texts(cfg: dict) -> Iterator[str]:
     """Documents of a corpus config, in a seeded shuffled order."""
+    cfg = with_defaults("corpora", cfg)
     source = cfg["source"]
     if source == "hf":
         yield from hf_texts(cfg)
@@ -97,7 +98,7 @@ def corpus_texts(cfg: dict) -> Iterator[str]:
         if source == "wiki-offline"
         else file_texts(cfg["path"], source, cfg["text_field"])
     )
-    order = np.random.default_rng(cfg.get("seed", 0)).permutation(len(texts))
+    order = np.random.default_rng(cfg["seed"]).permutation(len(texts))
     for i in order:
         yield texts[i]
 
@@ -122,6 +123,7 @@ def pack_sequences(
 
 def build_tokens(cfg: dict, model_spec: str | os.PathLike, out_path: str | os.PathLike) -> None:
     """Tokenise a corpus with a model's tokenizer into HDF5 `tokens` int32 [n_seq, ctx_len]."""
+    cfg = with_defaults("corpora", cfg)
     tokenizer = load_tokenizer(model_spec)
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     sep = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else bos
@@ -131,7 +133,7 @@ def build_tokens(cfg: dict, model_spec: str | os.PathLike, out_path: str | os.Pa
     docs = (tokenizer(t, add_special_tokens=False).input_ids for t in corpus_texts(cfg))
     tokens = pack_sequences(docs, n_sequences, ctx_len, bos, sep)
     if len(tokens) == 0:
-        where = cfg.get("path") or cfg.get("hf_name") or cfg["source"]
+        where = cfg["path"] or cfg["hf_name"] or cfg["source"]
         raise ValueError(f"corpus {where} has fewer tokens than one context of ctx_len={ctx_len}")
     if len(tokens) < n_sequences:
         log.warning("corpus ran out: %d of n_sequences=%d sequences", len(tokens), n_sequences)
@@ -140,7 +142,7 @@ def build_tokens(cfg: dict, model_spec: str | os.PathLike, out_path: str | os.Pa
         f.attrs.update(
             tokenizer=str(getattr(tokenizer, "name_or_path", "")),
             source=json.dumps(cfg),
-            seed=cfg.get("seed", 0),
+            seed=cfg["seed"],
             n_tokens=tokens.size,
             ctx_len=ctx_len,
             bos_token_id=bos,

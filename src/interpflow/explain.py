@@ -12,6 +12,7 @@ import pandas as pd
 
 from interpflow import prompts
 from interpflow.best_of import candidates_of, check_select, heldout_windows, select_best
+from interpflow.defaults import with_defaults
 from interpflow.explanations import EXPLANATION_COLUMNS, explanation_row
 from interpflow.llm.client import raise_on_outage
 from interpflow.statuses import llm_failure
@@ -115,11 +116,11 @@ def _select_counterexamples(ex: pd.DataFrame, max_examples: int | None) -> pd.Da
 
 def explain_latents(examples: pd.DataFrame, latents: pd.DataFrame, cfg: dict, client) -> pd.DataFrame:
     """Explain every selected latent (one row per row of `latents`; skipped latents make no LLM call)."""
-    max_examples = cfg.get("max_examples")
+    cfg = with_defaults("explainers", cfg)
+    max_examples = cfg["max_examples"]
     if max_examples is not None and int(max_examples) < 1:
         raise ValueError(f"explainer option max_examples must be >= 1, got {max_examples}")
-    show, cot = bool(cfg.get("show_activations", True)), bool(cfg.get("cot", False))
-    prompt = cfg.get("prompt", "default")
+    show, cot, prompt = bool(cfg["show_activations"]), bool(cfg["cot"]), cfg["prompt"]
     if prompt not in PROMPTS:
         raise ValueError(f"explainer option prompt must be one of {PROMPTS}, got {prompt!r}")
     by_latent = dict(tuple(examples.groupby("latent", sort=False))) if len(examples) else {}
@@ -144,7 +145,7 @@ def explain_latents(examples: pd.DataFrame, latents: pd.DataFrame, cfg: dict, cl
                 show_activations=show,
                 cot=cot,
                 negative_strs=None if neg is None else [list(t) for t in neg["token_strs"]],
-                top_tokens=int(cfg.get("top_tokens", 0)),
+                top_tokens=int(cfg["top_tokens"]),
             )
         )
         asked.append(lat)
@@ -179,11 +180,11 @@ def explain_latents(examples: pd.DataFrame, latents: pd.DataFrame, cfg: dict, cl
 def shown_windows(examples: pd.DataFrame, cfg: dict) -> pd.MultiIndex:
     """(latent, example_id) of every window the explainer's prompt shows (its examples and counterexamples);
     example ids are numbered per latent."""
-    shown = []
+    cfg, shown = with_defaults("explainers", cfg), []
     for _, group in examples.groupby("latent", sort=False):
-        shown.append(_select_examples(group, cfg.get("max_examples")))
-        if cfg.get("prompt", "default") == "contrastive":
-            shown.append(_select_counterexamples(group, cfg.get("max_examples")))
+        shown.append(_select_examples(group, cfg["max_examples"]))
+        if cfg["prompt"] == "contrastive":
+            shown.append(_select_counterexamples(group, cfg["max_examples"]))
     keys = pd.concat(shown)[["latent", "example_id"]] if shown else examples[["latent", "example_id"]][:0]
     return pd.MultiIndex.from_frame(keys)
 
@@ -201,7 +202,8 @@ def explain_and_select(
     select = check_select(cfg["select"])
     shown = shown_windows(examples, cfg)
     candidates = candidates_of(out, examples, latents, shown, select)
-    return select_best(candidates, heldout_windows(examples, shown), select, client, int(cfg.get("seed", 0)))
+    seed = int(with_defaults("explainers", cfg)["seed"])
+    return select_best(candidates, heldout_windows(examples, shown), select, client, seed)
 
 
 def run_explain(

@@ -299,10 +299,12 @@ def encode_dictionary(
     """Encode all activations with a prepared dictionary into `out_dir`/shard-{i}.h5 and stats-{i}.parquet."""
     import torch
 
+    from interpflow.defaults import with_defaults
     from interpflow.dictionaries.dictionary import SparseDictionary
     from interpflow.models import resolve_device
 
-    device = resolve_device(store_cfg.get("device", "auto"))
+    store_cfg = with_defaults("latent_store", store_cfg)
+    device = resolve_device(store_cfg["device"])
     dictionary = SparseDictionary.load(dictionary_dir).to(device).eval()
     shard_size = store_cfg["shard_size"]
     out = Path(out_dir)
@@ -316,6 +318,6 @@ def encode_dictionary(
             shard_size,
             [str(out / f"shard-{i}.h5") for i in range(n)],
             [str(out / f"stats-{i}.parquet") for i in range(n)],
-            batch_size=store_cfg.get("batch_size", 4096),
+            batch_size=store_cfg["batch_size"],
             device=str(device),
         )

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .defaults import with_defaults
 from .store import atomic_path, write_parquet
 
 log = logging.getLogger(__name__)
@@ -212,8 +213,9 @@ def load_model(spec_path: str | os.PathLike, cfg: dict) -> tuple[torch.nn.Module
     from transformers import AutoModelForCausalLM
 
     spec = read_spec(spec_path)
-    device = resolve_device(cfg.get("device", "auto"))
-    dtype = resolve_dtype(cfg.get("dtype", "auto"), device)
+    cfg = with_defaults("models", cfg)
+    device = resolve_device(cfg["device"])
+    dtype = resolve_dtype(cfg["dtype"], device)
     start = time.perf_counter()
     try:
         model = AutoModelForCausalLM.from_pretrained(

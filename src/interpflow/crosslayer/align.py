@@ -16,6 +16,7 @@ import pandas as pd
 from interpflow.crosslayer.compare import _lazy_embedder, _read_explanations, explanation_similarity
 from interpflow.crosslayer.correlation import activation_correlation, paired_correlation
 from interpflow.crosslayer.limits import MAX_PAIRS, _check_pairs
+from interpflow.defaults import with_defaults
 from interpflow.store import write_parquet
 
 __all__ = ["cross_layer", "match_latents", "sae_decoder"]
@@ -255,6 +256,7 @@ def match_layers(
     from interpflow.dictionaries.dictionary import SparseDictionary
     from interpflow.sampling.selection import shard_files
 
+    cfg = with_defaults("cross_layer", cfg)
     da, db = SparseDictionary.load(dictionary_a), SparseDictionary.load(dictionary_b)
     shards_a, shards_b = (shard_files(d) for d in latents_dirs) if latents_dirs else ((), ())
     return cross_layer(
@@ -265,8 +267,8 @@ def match_layers(
         layer_b=db.meta.get("hookpoint", 0),
         shards_a=shards_a,
         shards_b=shards_b,
-        corr_weight=cfg.get("corr_weight", 0.0),
-        n_random=cfg.get("n_random", 1000),
-        seed=cfg.get("seed", 0),
-        max_pairs=cfg.get("max_cells", MAX_PAIRS),
+        corr_weight=cfg["corr_weight"],
+        n_random=cfg["n_random"],
+        seed=cfg["seed"],
+        max_pairs=cfg["max_cells"],
     )

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from interpflow.defaults import with_defaults
 from interpflow.store import read_parquet, write_parquet
 
 __all__ = ["explanation_similarity"]
@@ -133,13 +134,14 @@ def compare_explanations(
     out_path: str | os.PathLike,
 ) -> pd.DataFrame:
     """Workflow step: embedding similarity of matched pairs' explanations, and of random pairs."""
+    cfg = with_defaults("cross_layer", cfg)
     sims = explanation_similarity(
         read_parquet(matches_path),
         _read_explanations(explanations_a),
         _read_explanations(explanations_b),
-        _lazy_embedder(cfg.get("embedding_model", "all-MiniLM-L6-v2")),
-        n_random=cfg.get("n_random", 1000),
-        rng=np.random.default_rng(cfg.get("seed", 0)),
+        _lazy_embedder(cfg["embedding_model"]),
+        n_random=cfg["n_random"],
+        rng=np.random.default_rng(cfg["seed"]),
     )
     write_parquet(sims, out_path)
     matched = sims["pair"] == "matched"

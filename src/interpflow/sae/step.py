@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from interpflow.defaults import with_defaults
 from interpflow.sae.batches import _batches, _init_sample, _shuffled_buffers
 from interpflow.sae.model import TopKSAE
 from interpflow.sae.train import _train_cfg, hookpoint_seed, init_sae, train_sae
@@ -26,8 +27,9 @@ def train_sae_from_h5(
     path = Path(activations_path)
     if not path.is_file():
         raise FileNotFoundError(f"missing activations file: {path}")
+    cfg = with_defaults("dictionaries", cfg)
     if device == "auto":  # an explicit argument wins over the dictionary config's `device`
-        device = cfg.get("device") or "auto"
+        device = cfg["device"]
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     with open_h5(path) as f:
@@ -49,7 +51,7 @@ def train_sae_from_h5(
         rng = np.random.default_rng(c["seed"])
         sample = _init_sample(ds, ctx_len, rng)
         buffers = _shuffled_buffers(
-            ds, ctx_len, c["epochs"], rng, int(cfg.get("block_rows", 65536)), int(cfg.get("buffer_blocks", 4))
+            ds, ctx_len, c["epochs"], rng, int(cfg["block_rows"]), int(cfg["buffer_blocks"])
         )
         sae, metrics = train_sae(
             _batches(buffers, c["batch_size"], c["max_tokens"]),

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from interpflow.defaults import with_defaults
 from interpflow.sae.model import TopKSAE
 
 __all__ = ["geometric_median", "estimate_input_scale", "train_sae"]
@@ -49,19 +50,20 @@ def _train_cfg(cfg: dict, d_in: int, n_tokens: int | None) -> dict[str, Any]:
     width, k = cfg["width"], cfg["k"]
     if k > width:
         raise ValueError(f"SAE config: k ({k}) must not exceed width ({width})")
+    cfg = with_defaults("dictionaries", cfg)
     dead_default = 10_000_000 if n_tokens is None else max(1, min(10_000_000, n_tokens // 4))
     c = {
         "width": width,
         "k": k,
         "lr": cfg.get("lr") or 2e-4 / math.sqrt(width / 2**14),  # Gao et al. lr scaling law
-        "batch_size": int(cfg.get("batch_size") or 4096),
-        "epochs": int(cfg.get("epochs") or 1),
-        "max_tokens": cfg.get("max_tokens"),
+        "batch_size": int(cfg["batch_size"]),
+        "epochs": int(cfg["epochs"]),
+        "max_tokens": cfg["max_tokens"],
         "aux_k": int(cfg["aux_k"]) if cfg.get("aux_k") is not None else d_in // 2,  # 0 disables AuxK
-        "auxk_coef": float(cfg["auxk_coef"]) if cfg.get("auxk_coef") is not None else 1 / 32,
+        "auxk_coef": float(cfg["auxk_coef"]),
         "dead_tokens": int(cfg.get("dead_tokens") or dead_default),
-        "seed": int(cfg.get("seed") or 0),
-        "grad_clip": float(cfg["grad_clip"]) if cfg.get("grad_clip") is not None else 1.0,
+        "seed": int(cfg["seed"]),
+        "grad_clip": float(cfg["grad_clip"]),
     }
     for key in ("lr", "batch_size", "epochs", "dead_tokens"):
         if not c[key] > 0:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from interpflow.defaults import with_defaults
 from interpflow.latents import read_shard
 
 if TYPE_CHECKING:
@@ -25,11 +26,11 @@ HARD_METHODS = ("none", "cooccurrence", "lexical")
 
 def _hard_settings(cfg: dict, n_nonactivating: int) -> tuple[str, int, int]:
     """Read and check cfg['hard_negatives']: (method, n windows per latent, top_k latents or tokens)."""
-    hard = cfg.get("hard_negatives") or {}
-    method = hard.get("method", "none")
+    hard = with_defaults("samplers", {"hard_negatives": cfg.get("hard_negatives") or {}})["hard_negatives"]
+    method = hard["method"]
     if method not in HARD_METHODS:
         raise ValueError(f"hard_negatives.method must be one of {HARD_METHODS}, got {method!r}")
-    n, top_k = hard.get("n"), hard.get("top_k", 5)
+    n, top_k = hard["n"], hard["top_k"]
     n = n_nonactivating if n is None else n
     for key, value, low in (("n", n, 0), ("top_k", top_k, 1)):
         if not isinstance(value, int) or value < low:

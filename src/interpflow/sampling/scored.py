@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from interpflow.defaults import with_defaults
+
 NEGATIVES = ("random", "hard", "both")
 
 
@@ -19,7 +21,8 @@ def select_test_examples(
     default np.random.default_rng([cfg['seed'], latent]). Activating rows come first, then negatives, each
     in example_id order; callers shuffle. Without a `negative` column every negative counts as random.
     """
-    which = cfg.get("negatives", "random")
+    cfg = with_defaults("scorers", cfg)
+    which = cfg["negatives"]
     if which not in NEGATIVES:
         raise ValueError(f"scorer option negatives must be one of {NEGATIVES}, got {which!r}")
     ex = examples[(examples["latent"] == latent) & (examples["split"] == "test")]
@@ -33,7 +36,7 @@ def select_test_examples(
         raise ValueError(f"scorer option negatives={which} needs examples with a `negative` column")
     wanted = {"random": ["random"], "hard": ["hard"], "both": ["random", "hard"]}[which]
     if rng is None:
-        rng = np.random.default_rng([int(cfg.get("seed", 0)), int(latent)])
+        rng = np.random.default_rng([int(cfg["seed"]), int(latent)])
     parts = []
     for sub, key in ((ex[on], "max_activating"), (ex[~on & np.isin(kind, wanted)], "max_nonactivating")):
         cap = cfg.get(key)

@@ -9,11 +9,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from interpflow.defaults import with_defaults
+
 
 def select_latents(latent_start: int, latent_end: int, cfg: dict) -> list[int]:
     """Seeded random sample of cfg['latents']['n'] latents in [latent_start, latent_end), sorted."""
-    sel = cfg.get("latents") or {}
-    n, seed = sel.get("n"), sel.get("seed", cfg.get("seed", 0))
+    sel = with_defaults("samplers", {"latents": cfg.get("latents") or {}})["latents"]
+    n, seed = sel["n"], sel["seed"]
     size = latent_end - latent_start
     if n is not None and (not isinstance(n, int) or n < 0):
         raise ValueError(f"latents.n must be a non-negative integer or null, got {n!r}")

@@ -5,29 +5,23 @@ from __future__ import annotations
 
 import numpy as np
 
+from interpflow.defaults import with_defaults
 from interpflow.sampling.hard import _hardest
 
-# Paulo et al. set aside latents with fewer than 200 activations over their 10M tokens (rare or dead ones)
-MIN_ACTIVATIONS = 200
+SETTINGS = ("example_ctx_len", "n_train", "n_test", "n_nonactivating", "n_train_nonactivating", "n_quantiles",
+            "seed", "min_activations")  # fmt: skip
 
 
 def _settings(cfg: dict, ctx_len: int) -> dict[str, int]:
-    """Read and check the sampler settings, with the paper's defaults."""
-    s = {
-        "example_ctx_len": cfg.get("example_ctx_len", 32),
-        "n_train": cfg.get("n_train", 40),
-        "n_test": cfg.get("n_test", 100),
-        "n_nonactivating": cfg.get("n_nonactivating", 100),
-        "n_train_nonactivating": cfg.get("n_train_nonactivating", 0),
-        "n_quantiles": cfg.get("n_quantiles", 10),
-        "seed": cfg.get("seed", 0),
-    }
+    """Read and check the sampler settings; absent ones take the schema's defaults (the paper's: e.g.
+    min_activations 200, as Paulo et al. set aside latents with fewer activations over their 10M tokens)."""
     if "min_activating" in cfg:
         raise ValueError(
             "sampler setting min_activating (activating windows) was replaced by min_activations: the "
             "number of activations (tokens where the latent is nonzero) a latent needs to be sampled"
         )
-    s["min_activations"] = cfg.get("min_activations", MIN_ACTIVATIONS)
+    cfg = with_defaults("samplers", cfg)
+    s = {key: cfg[key] for key in SETTINGS}
     for key, value in s.items():
         if not isinstance(value, int) or value < 0:
             raise ValueError(f"sampler setting {key} must be a non-negative integer, got {value!r}")

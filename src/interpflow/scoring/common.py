@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pandas as pd
 
+from interpflow.defaults import with_defaults
 from interpflow.llm.client import raise_on_outage
 from interpflow.sampling.scored import select_test_examples
 from interpflow.scoring.metrics import HEAD_COLUMNS, NO_USAGE, USAGE_COLUMNS
@@ -44,7 +45,8 @@ def scorable_latents(
     recorded in `unscored` with the reason;
     the rng is np.random.default_rng([seed, latent]), already used to pick and order the windows.
     """
-    seed, cap, n = int(cfg.get("seed", 0)), cfg.get("max_latents"), 0
+    cfg = with_defaults("scorers", cfg)
+    seed, cap, n = int(cfg["seed"]), cfg["max_latents"], 0
     by_latent = dict(tuple(examples.groupby("latent", sort=False))) if len(examples) else {}
     for lat, expl, status in explanations[["latent", "explanation", "status"]].itertuples(index=False):
         lat = int(lat)
@@ -71,7 +73,7 @@ METHODS = ("auto", "slots", "reply")
 def choose_method(cfg: dict, supports_slots: bool) -> str:
     """How an LLM scorer reads its model: "slots" (next-token logprobs at places of the prompt, one
     evaluation, nothing generated) where the model gives them and the config allows, else "reply"."""
-    method = cfg.get("method", "auto")
+    method = with_defaults("scorers", cfg)["method"]
     if method not in METHODS:
         raise ValueError(f"scorer option method must be one of {METHODS}, got {method!r}")
     if method == "slots" and not supports_slots:
@@ -83,7 +85,8 @@ def choose_method(cfg: dict, supports_slots: bool) -> str:
 
 def check_caps(cfg: dict) -> None:
     """Validate the options every continuous scorer shares (batch size, class caps)."""
-    if int(cfg.get("batch_size", 1)) < 1:
+    cfg = with_defaults("scorers", cfg)
+    if int(cfg["batch_size"]) < 1:
         raise ValueError(f"scorer option batch_size must be >= 1, got {cfg['batch_size']}")
     for key in ("max_activating", "max_nonactivating"):
         if cfg.get(key) is not None and int(cfg[key]) < 0:

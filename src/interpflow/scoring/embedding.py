@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pandas as pd
 
+from interpflow.defaults import with_defaults
 from interpflow.scoring.common import auroc_metrics, check_caps, class_mean, save_scores, select_windows
 from interpflow.store import read_parquet
 
@@ -64,9 +65,9 @@ def score_latents(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Score each test window by its cosine similarity to the explanation; return (predictions, metrics)."""
     check_caps(cfg)
+    cfg = with_defaults("scorers", cfg)
     windows, unscored = select_windows(examples, explanations, cfg)
-    bs = int(cfg.get("batch_size", 64))
-    qp, dp = str(cfg.get("query_prefix", "")), str(cfg.get("document_prefix", ""))
+    bs, qp, dp = int(cfg["batch_size"]), str(cfg["query_prefix"]), str(cfg["document_prefix"])
     empty = windows["text"].eq("").to_numpy(dtype=bool)
     todo = windows[~empty]
     # each distinct query and document is embedded once, all latents batched together
@@ -109,9 +110,10 @@ def run_embedding(
     """Workflow step: embedding-score a shard's explanations; write predictions-/metrics-{shard}.parquet."""
     t0 = time.perf_counter()
     check_caps(cfg)
+    cfg = with_defaults("scorers", cfg)
     examples, explanations = read_parquet(examples_path), read_parquet(explanations_path)
     if model is None:
-        model = load_embedder(str(cfg.get("model", DEFAULT_EMBEDDER)), str(cfg.get("device", "auto")))
+        model = load_embedder(str(cfg["model"]), str(cfg["device"]))
     predictions, metrics = score_latents(examples, explanations, cfg, model)
     name = str(cfg.get("name") or cfg.get("kind"))
     save_scores(predictions, metrics, predictions_out, metrics_out, name, time.perf_counter() - t0)

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from interpflow import prompts
+from interpflow.defaults import with_defaults
 from interpflow.scoring.common import choose_method, run_llm_scorer, scorable_latents
 from interpflow.scoring.metrics import METRIC_COLUMNS, latent_metrics
 from interpflow.statuses import llm_failure
@@ -154,16 +155,17 @@ def fuzz_marks(acts: list[np.ndarray], activating: np.ndarray, rng: np.random.Ge
 
 def _check_cfg(cfg: dict) -> tuple[str, int, int]:
     """Validate the scorer options; return (kind, examples_per_prompt, seed)."""
+    cfg = with_defaults("scorers", cfg)
     kind = cfg.get("kind")
     if kind not in prompts.SCORER_KINDS:
         raise ValueError(f"scorer option kind must be one of {prompts.SCORER_KINDS}, got {kind!r}")
-    per_prompt = int(cfg.get("examples_per_prompt", 5))
+    per_prompt = int(cfg["examples_per_prompt"])
     if per_prompt < 1:
         raise ValueError(f"scorer option examples_per_prompt must be >= 1, got {per_prompt}")
     for key in ("max_activating", "max_nonactivating"):
         if cfg.get(key) is not None and int(cfg[key]) < 0:
             raise ValueError(f"scorer option {key} must be >= 0, got {cfg[key]}")
-    return kind, per_prompt, int(cfg.get("seed", 0))
+    return kind, per_prompt, int(cfg["seed"])
 
 
 def build_prompts(
@@ -180,7 +182,7 @@ def build_prompts(
     """
     kind, per_prompt, _ = _check_cfg(cfg)
     per_prompt = 1 if method == "slots" else per_prompt
-    calibrate = method == "slots" and bool(cfg.get("calibrate", False))
+    calibrate = method == "slots" and bool(with_defaults("scorers", cfg)["calibrate"])
     requests, meta, unscored = [], [], {}
     for lat, expl, ex, rng in scorable_latents(examples, explanations, cfg, unscored):
         acts = [np.asarray(a, dtype=np.float64) for a in ex["acts"]]

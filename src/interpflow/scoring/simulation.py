@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from interpflow.defaults import with_defaults
 from interpflow.scoring.common import choose_method, run_llm_scorer, scorable_latents
 from interpflow.scoring.metrics import metric_columns
 from interpflow.scoring.simulation_reply import (
@@ -53,13 +54,14 @@ METRIC_COLUMNS = metric_columns("correlation", "correlation_activating")
 
 def _check_cfg(cfg: dict) -> tuple[int, str]:
     """Validate the scorer options; return (examples_per_prompt, method)."""
-    per_prompt = int(cfg.get("examples_per_prompt", 5))
+    cfg = with_defaults("scorers", cfg)
+    per_prompt = int(cfg["examples_per_prompt"])
     if per_prompt < 1:
         raise ValueError(f"scorer option examples_per_prompt must be >= 1, got {per_prompt}")
     for key in ("max_activating", "max_nonactivating"):
         if cfg.get(key) is not None and int(cfg[key]) < 0:
             raise ValueError(f"scorer option {key} must be >= 0, got {cfg[key]}")
-    return per_prompt, cfg.get("method", "auto")
+    return per_prompt, cfg["method"]
 
 
 def build_prompts(

@@ -15,6 +15,7 @@ import time
 import numpy as np
 import pandas as pd
 
+from interpflow.defaults import with_defaults
 from interpflow.scoring.common import auroc_metrics, check_caps, class_mean, save_scores, select_windows
 from interpflow.store import read_parquet
 
@@ -42,13 +43,14 @@ _ERRORS = {
 def _check_cfg(cfg: dict) -> tuple[str, str, int]:
     """Validate the surprisal options; return (prompt_template, neutral, batch_size)."""
     check_caps(cfg)
-    template = str(cfg.get("prompt_template") or DEFAULT_TEMPLATE)  # null in the config = the default
+    cfg = with_defaults("scorers", cfg)
+    template = str(cfg["prompt_template"] or DEFAULT_TEMPLATE)  # null in the config = the default
     if "{description}" not in template:
         raise ValueError(f"scorer option prompt_template must contain '{{description}}', got {template!r}")
-    neutral = str(cfg.get("neutral") or DEFAULT_NEUTRAL)
+    neutral = str(cfg["neutral"] or DEFAULT_NEUTRAL)
     if not neutral.strip():
         raise ValueError("scorer option neutral must be a non-empty description")
-    return template, neutral, int(cfg.get("batch_size", 16))
+    return template, neutral, int(cfg["batch_size"])
 
 
 def _batch_losses(model, seqs: list[list[int]], m: np.ndarray, n: np.ndarray, pad_id: int):
