@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -312,3 +313,33 @@ def test_unreachable_target_is_a_calibration_failure(smollm2):
     assert np.isnan(met["score"].iloc[0]) and met["alpha"].iloc[0] == 1e-3 and met["kl"].iloc[0] < 0.01
     assert pred["steered"].isna().all() and pred["logp_clean"].isna().all()
     assert "max_alpha" in pred["error"].iloc[0] and pred["shuffled_from"].tolist() == [-1]
+
+
+def test_the_scorer_model_is_loaded_with_its_own_models_entry(tmp_path, monkeypatch):
+    """Not with the subject's: a scorer on another device or dtype than the subject must get its own."""
+    import interpflow.models
+
+    sae = TopKSAE(8, 2, 1)
+    from_topk_sae(sae).save(tmp_path / "sae")
+    explanations = pd.DataFrame({"latent": [0], "explanation": ["x"], "status": ["ok"]})
+    write_parquet(explanations, tmp_path / "e.parquet")
+    write_parquet(pd.DataFrame({"latent": [0], "example_id": [0], "split": ["test"], "activating": [True],
+                                "tokens": [[1, 2]], "token_strs": [["a", "b"]], "acts": [[0.0, 1.0]],
+                                "max_act": [1.0]}),
+                  tmp_path / "x.parquet")  # fmt: skip
+    loaded = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_load(spec, cfg):
+        loaded.append((Path(spec).name, cfg))
+        raise Stop
+
+    monkeypatch.setattr(interpflow.models, "load_model", fake_load)
+    with pytest.raises(Stop):
+        run_intervention(tmp_path / "sae", tmp_path / "subject.json", {"dtype": "float32"}, HP,
+                         tmp_path / "e.parquet", tmp_path / "x.parquet", {"kind": "intervention"},
+                         tmp_path / "p.parquet", tmp_path / "m.parquet", scorer_spec=tmp_path / "judge.json",
+                         scorer_cfg={"dtype": "bfloat16"}, model=object(), tokenizer=object())  # fmt: skip
+    assert loaded == [("judge.json", {"dtype": "bfloat16"})]

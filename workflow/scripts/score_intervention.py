@@ -15,4 +15,5 @@ with logged(snakemake.log[0], threads=snakemake.threads):
         snakemake.output.predictions,
         snakemake.output.metrics,
         scorer_spec=snakemake.input.scorer_model,
+        scorer_cfg=snakemake.params.scorer_cfg,
     )

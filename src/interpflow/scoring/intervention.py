@@ -310,10 +310,14 @@ def run_intervention(
     metrics_out: str | os.PathLike,
     *,
     scorer_spec: str | os.PathLike | None = None,
+    scorer_cfg: dict | None = None,
     model: torch.nn.Module | None = None,
     tokenizer=None,
 ) -> None:
-    """Workflow step: intervention-score a shard's explanations; write predictions and metrics."""
+    """Workflow step: intervention-score a shard's explanations; write predictions and metrics.
+
+    `scorer_spec`, `scorer_cfg`: the model that reads the continuations and its models entry (dtype,
+    device), when it is not the subject."""
     from interpflow.dictionaries.dictionary import SparseDictionary
     from interpflow.models import load_model
 
@@ -331,7 +335,7 @@ def run_intervention(
     out_hookpoint = dictionary.meta.get("out_hookpoint") or hookpoint
     parse_hookpoint(out_hookpoint)
     same = scorer_spec is None or Path(scorer_spec).resolve() == Path(model_spec).resolve()
-    scorer = None if same else load_model(scorer_spec, model_cfg)  # None: the subject reads its own text
+    scorer = None if same else load_model(scorer_spec, scorer_cfg or model_cfg)  # None: the subject reads
     directions = dictionary.decoder_directions().float()
     predictions, metrics = score_latents(
         model, tokenizer, directions, out_hookpoint, explanations, examples, cfg, scorer
