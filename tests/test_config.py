@@ -243,3 +243,15 @@ def test_the_schema_ships_inside_the_package(tmp_path):
     subprocess.run(cmd, cwd=tmp_path, check=True, capture_output=True, env=os.environ | {"PIP_NO_INDEX": "1"})
     (wheel,) = (tmp_path / "dist").glob("interpflow-*.whl")
     assert "interpflow/config.schema.yaml" in zipfile.ZipFile(wheel).namelist()
+
+
+def test_keyword_defaults_of_the_cross_layer_step_agree_with_the_schema():
+    import inspect
+
+    from interpflow.crosslayer.align import cross_layer
+
+    params, schema = inspect.signature(cross_layer).parameters, with_defaults("cross_layer")
+    assert params["n_random"].default == schema["n_random"] and params["seed"].default == schema["seed"]
+    assert params["max_pairs"].default == schema["max_cells"]
+    assert params["corr_weight"].default == schema["corr_weight"]
+    assert params["embedder"].default == schema["embedding_model"]

@@ -184,7 +184,7 @@ def cross_layer(
     corr_weight: float = 0.0,
     embed: Callable[[list[str]], np.ndarray] | None = None,
     embedder: str = "all-MiniLM-L6-v2",
-    n_random: int = 1000,
+    n_random: int = 500,
     seed: int = 0,
     max_pairs: int = MAX_PAIRS,
     similarity_out: str | os.PathLike | None = None,
