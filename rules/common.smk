@@ -203,7 +203,7 @@ ESTIMATE_PARAMS = estimate_params()  # once per parse: the estimate rule reads b
 
 
 def scorer_params(w):
-    """A scorer job's config: the keys its kind reads (config.scorer_slice) and its name."""
+    """A scorer job's config: the keys its kind reads (interpflow.defaults.scorer_slice) and its name."""
     return dict(scorer_slice(config["scorers"][w.scorer]), name=w.scorer)
 
 
