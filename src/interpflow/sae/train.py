@@ -55,13 +55,13 @@ def _train_cfg(cfg: dict, d_in: int, n_tokens: int | None) -> dict[str, Any]:
     c = {
         "width": width,
         "k": k,
-        "lr": cfg.get("lr") or 2e-4 / math.sqrt(width / 2**14),  # Gao et al. lr scaling law
+        "lr": cfg["lr"] or 2e-4 / math.sqrt(width / 2**14),  # Gao et al. lr scaling law
         "batch_size": int(cfg["batch_size"]),
         "epochs": int(cfg["epochs"]),
         "max_tokens": cfg["max_tokens"],
-        "aux_k": int(cfg["aux_k"]) if cfg.get("aux_k") is not None else d_in // 2,  # 0 disables AuxK
+        "aux_k": int(cfg["aux_k"]) if cfg["aux_k"] is not None else d_in // 2,  # 0 disables AuxK
         "auxk_coef": float(cfg["auxk_coef"]),
-        "dead_tokens": int(cfg.get("dead_tokens") or dead_default),
+        "dead_tokens": int(cfg["dead_tokens"] or dead_default),
         "seed": int(cfg["seed"]),
         "grad_clip": float(cfg["grad_clip"]),
     }

@@ -26,7 +26,7 @@ HARD_METHODS = ("none", "cooccurrence", "lexical")
 
 def _hard_settings(cfg: dict, n_nonactivating: int) -> tuple[str, int, int]:
     """Read and check cfg['hard_negatives']: (method, n windows per latent, top_k latents or tokens)."""
-    hard = with_defaults("samplers", {"hard_negatives": cfg.get("hard_negatives") or {}})["hard_negatives"]
+    hard = with_defaults("samplers", cfg)["hard_negatives"]
     method = hard["method"]
     if method not in HARD_METHODS:
         raise ValueError(f"hard_negatives.method must be one of {HARD_METHODS}, got {method!r}")

@@ -14,7 +14,7 @@ from interpflow.defaults import with_defaults
 
 def select_latents(latent_start: int, latent_end: int, cfg: dict) -> list[int]:
     """Seeded random sample of cfg['latents']['n'] latents in [latent_start, latent_end), sorted."""
-    sel = with_defaults("samplers", {"latents": cfg.get("latents") or {}})["latents"]
+    sel = with_defaults("samplers", cfg)["latents"]
     n, seed = sel["n"], sel["seed"]
     size = latent_end - latent_start
     if n is not None and (not isinstance(n, int) or n < 0):
