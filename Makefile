@@ -5,6 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 CORES ?= 2
+CHROMIUM ?= /usr/bin/chromium
 STAMP := $(VENV)/.interpflow-setup
 # llama.cpp's default -march=native build crashes on some Xeons (AMX kernels): build it portable,
 # once, into a wheel cache outside the clone so fresh clones reuse it.
@@ -18,7 +19,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 
-.PHONY: setup run test lint bench validity estimate clean readme
+.PHONY: setup run test lint bench validity estimate clean readme chromium serve
 
 setup: $(STAMP)
 
@@ -40,9 +41,14 @@ run: setup
 	@echo "report: $(CURDIR)/results/report.html"
 
 # The tests include a real one-node SLURM cluster (as root), so they need the SLURM executor plugin.
-test: setup
+test: setup chromium
 	@$(PY) -c "import snakemake_executor_plugin_slurm" 2>/dev/null || $(PIP) install -q -e ".[slurm]"
 	$(VENV)/bin/pytest -q
+
+# The browser's tests drive Debian's Chromium (never a browser a test tool downloads); as root, or with sudo.
+chromium:
+	@test -x $(CHROMIUM) || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; }
 
 lint: setup
 	$(VENV)/bin/ruff check src tests workflow benchmarks
@@ -55,6 +61,10 @@ bench: setup
 # The planted-latent benchmark (issue 13): probes of token properties as latents, through the real workflow.
 validity: setup
 	$(PY) benchmarks/validity.py --cores $(CORES)
+
+# The latent browser of the default run, with search and rating (http://127.0.0.1:8000/).
+serve: setup
+	$(VENV)/bin/interpflow serve results
 
 # The README's measured numbers, from the default run's summary (run `make run` first).
 readme: setup

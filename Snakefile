@@ -26,6 +26,8 @@ include: "rules/explain.smk"
 include: "rules/score.smk"
 include: "rules/crosslayer.smk"
 include: "rules/summary.smk"
+include: "rules/browser.smk"
+include: "rules/export.smk"
 
 
 localrules:
@@ -33,6 +35,9 @@ localrules:
     estimate,
     summarize,
     summarize_crosslayer,
+    browser,
+    agreement,
+    export_table,
 
 
 rule all:

@@ -274,4 +274,110 @@ def explanations_file(w):
 
 
 def all_targets():
-    return [*rules.summarize.output, *(rules.summarize_crosslayer.output if layer_pairs() else [])]
+    return [
+        *rules.summarize.output,
+        *(rules.summarize_crosslayer.output if layer_pairs() else []),
+        *rules.browser.output,
+        *export_targets(),
+        *(rules.agreement.output if rating_files() else []),  # once someone has rated in `interpflow serve`
+    ]
+
+
+# The browser (browser.smk) and exports (export.smk): a unit is corpus/model/hookpoint/dictionary/sampler.
+
+UNIT = "{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}"
+
+
+def browser_units():
+    """{unit wildcards: [(explainer, scorer), ...]} over every run combination, in config order."""
+    units = {}
+    for c in run_combinations(config):
+        key = tuple(c[k] for k in ("corpus", "model", "hookpoint", "dictionary", "sampler"))
+        units.setdefault(key, []).append((c["explainer"], c["scorer"]))
+    return units
+
+
+def shard_files(corpus, model, hookpoint, dictionary, sampler, shard):
+    """Everything one shard of a unit shows (the browser's pages, the Neuronpedia export), as paths."""
+    w = dict(corpus=corpus, model=model, hookpoint=hookpoint, dictionary=dictionary, sampler=sampler)
+    base, store = UNIT.format(**w), f"results/{corpus}/{model}/{hookpoint}/{dictionary}/latents"
+    pairs = browser_units()[tuple(w.values())]
+    partners = []
+    for p in layer_pairs():
+        if hookpoint in (p["hookpoint_a"], p["hookpoint_b"]) and (p["corpus"], p["model"], p["dictionary"]) == (
+            corpus, model, dictionary):  # fmt: skip
+            side = "a" if hookpoint == p["hookpoint_a"] else "b"
+            other = p["hookpoint_b" if side == "a" else "hookpoint_a"]
+            partners.append(dict(matches=p["matches"], side=side, other_hookpoint=other,
+                                 other_unit=UNIT.format(**dict(w, hookpoint=other))))  # fmt: skip
+    return dict(
+        unit=dict(w, shard=int(shard)),
+        examples=f"results/{base}/examples/shard-{shard}.parquet",
+        selected=f"results/{base}/examples/latents-{shard}.parquet",
+        stats=f"{store}/stats-{shard}.parquet",
+        store=f"{store}/shard-{shard}.h5",
+        tokens=f"results/{corpus}/{model}/tokens.h5",
+        vocab=f"results/models/{model}/vocab.parquet",
+        explainers=[
+            dict(name=e, kind=config["explainers"][e].get("kind", "llm"), subject=subject_kind(dictionary, e),
+                 explanations=f"results/{base}/{e}/explanations-{shard}.parquet")
+            for e in dict.fromkeys(e for e, _ in pairs)
+        ],  # fmt: skip
+        scores=[
+            dict(explainer=e, scorer=s, kind=config["scorers"][s]["kind"],
+                 model=(config["scorers"][s].get("llm") or {}).get("model"),
+                 metrics=f"results/{base}/{e}/{s}/metrics-{shard}.parquet",
+                 predictions=f"results/{base}/{e}/{s}/predictions-{shard}.parquet")
+            for e, s in pairs
+        ],  # fmt: skip
+        partners=list({p["matches"] + p["side"]: p for p in partners}.values()),
+    )
+
+
+def browser_shard_files(w):
+    return shard_files(w.corpus, w.model, w.hookpoint, w.dictionary, w.sampler, w.shard)
+
+
+def browser_shard_inputs(w):
+    f = browser_shard_files(w)
+    return [
+        f["examples"], f["selected"], os.path.dirname(f["store"]), f["tokens"], f["vocab"],
+        *(e["explanations"] for e in f["explainers"]),
+        *(p for s in f["scores"] for p in (s["metrics"], s["predictions"])),
+        *(p["matches"] for p in f["partners"]),
+    ]  # fmt: skip
+
+
+def unit_ids():
+    """The id (a path) of every unit: corpus/model/hookpoint/dictionary/sampler."""
+    return ["/".join(u) for u in browser_units()]
+
+
+def browser_shards():
+    """Every shard folder of the browser."""
+    return [
+        f"results/browser/units/{u}/shard-{i}" for u in unit_ids() for i in range(n_shards(u.split("/")[3]))
+    ]
+
+
+def rating_files():
+    """The raters' files so far: a new rating reruns only the agreement tables."""
+    return sorted(str(p) for p in Path("results/ratings").glob("*.jsonl"))
+
+
+def neuronpedia_shards(w):
+    """Every shard of the unit, as the browser's pages read it (browser.smk: shard_files)."""
+    unit = [w.corpus, w.model, w.hookpoint, w.dictionary, w.sampler]
+    return [shard_files(*unit, shard) for shard in range(n_shards(w.dictionary))]
+
+
+def neuronpedia_options(w):
+    np_cfg = config["export"]["neuronpedia"]
+    return dict(model_id=np_cfg["model_ids"].get(w.model), features_per_batch=np_cfg["features_per_batch"])
+
+
+def export_targets():
+    table = [*rules.export_table.output]
+    if not config["export"]["neuronpedia"]["enabled"]:
+        return table
+    return table + [f"results/export/neuronpedia/{u}" for u in unit_ids()]

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import h5py
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -123,6 +124,34 @@ def test_full_run_produces_every_output(tiny):
     assert report.returncode == 0 and (work / "report.html").stat().st_size > 10_000
 
 
+def test_browser_built_for_every_unit_and_text_search_matches_the_store(tiny):
+    """The run's browser has a page per selected latent of every unit, and search by text (the model cut at
+    the hookpoint, then the dictionary, one row at a time) reproduces the latent store's values."""
+    from interpflow.browser.infer import UnitModel
+
+    work, _ = tiny
+    browser, unit = work / "results/browser", "wiki/smollm2/resid_post.3/topk-128/small"
+    assert (browser / "index.html").exists() and (browser / "data/index-00000.js").exists()
+    for shard in (0, 1):
+        selected = pd.read_parquet(work / f"results/{unit}/examples/latents-{shard}.parquet")
+        pages = {p.name for p in (browser / f"units/{unit}/shard-{shard}").glob("latent-*.html")}
+        assert pages == {f"latent-{i}.html" for i in selected["latent"]}
+    with h5py.File(work / "results/wiki/smollm2/tokens.h5") as f:
+        row = f["tokens"][5].tolist()
+    with h5py.File(work / "results/wiki/smollm2/resid_post.3/topk-128/latents/shard-1.h5") as f:
+        offsets, positions, values = f["offsets"][:], f["positions"][:], f["values"][:]
+    dense = UnitModel(work / "results", unit, "cpu").encode_ids(row).numpy()  # [63, 128]
+    stored = []  # (latent, position, value) of row 5's entries in the store
+    for i in range(64):
+        span = slice(offsets[i], offsets[i + 1])
+        pairs = zip(positions[span], values[span], strict=True)
+        stored += [(64 + i, p % 64, v) for p, v in pairs if p // 64 == 5]
+    assert len(stored) > 20
+    found = np.array([dense[pos - 1, latent] for latent, pos, _ in stored])
+    close = np.isclose(found, [float(v) for *_, v in stored], rtol=0.02, atol=0.02)
+    assert close.mean() > 0.95  # float16 storage; a near-tie in the top-k may flip one
+
+
 def test_dictionaries_layers_and_matching(tiny):
     """Two layers and a neuron layer from one forward pass; a trained, a random and a neuron dictionary;
     the latents of each SAE aligned across the two layers and the explanations of matched pairs compared."""
@@ -163,9 +192,11 @@ def test_scorer_parameter_reruns_only_that_scorer(tiny):
     changed = yaml.safe_load(yaml.safe_dump(config))
     changed["scorers"]["fuzzing"]["examples_per_prompt"] = 2
     jobs = planned_jobs(work, changed)
-    assert rules_of(jobs) == ["estimate", "score", "summarize"]
+    assert rules_of(jobs) == ["browser", "browser_shard", "estimate", "score", "summarize"]
     assert all("/fuzzing/" in out for rule, out in jobs if rule == "score")
     assert len([j for j in jobs if j[0] == "score"]) == 2  # one per shard
+    pages = [out for rule, out in jobs if rule == "browser_shard"]  # only the pages showing fuzzing's scores
+    assert len(pages) == 2 and all("/resid_post.3/topk-128/small/" in out for out in pages)
 
 
 def test_a_key_another_kind_reads_reruns_nothing(tiny):
@@ -184,8 +215,9 @@ def test_explainer_change_reruns_explanations_scores_summary(tiny):
     jobs = planned_jobs(work, changed)
     assert "explain" in rules_of(jobs) and "explain_top_tokens" not in rules_of(jobs)
     # the random baseline draws from qwen's explanations, so it follows; top-tokens' scores do not
-    downstream = ("estimate", "summarize", "summarize_crosslayer")
+    downstream = ("estimate", "summarize", "summarize_crosslayer", "browser", "browser_shard")
     assert all("/qwen/" in out or "/random/" in out for rule, out in jobs if rule not in downstream)
+    assert all("/topk-128/small/" in out for rule, out in jobs if rule == "browser_shard")
     assert not any(rule.startswith(("cache", "train", "encode", "sample")) for rule in rules_of(jobs))
 
 
@@ -194,7 +226,7 @@ def test_new_layer_adds_only_its_chain(tiny):
     changed = yaml.safe_load(yaml.safe_dump(config))
     changed["runs"][0]["hookpoints"] = ["resid_post.3", "resid_post.5"]
     jobs = planned_jobs(work, changed)
-    summaries = ("all", "estimate", "summarize", "summarize_crosslayer")
+    summaries = ("all", "estimate", "summarize", "summarize_crosslayer", "browser")
     assert all("resid_post.5" in out for rule, out in jobs if rule not in summaries)
     assert "cache_activations" in rules_of(jobs) and "prepare_model" not in rules_of(jobs)
     assert "tokenize_corpus" not in rules_of(jobs)
@@ -205,7 +237,8 @@ def test_changed_layer_reruns_that_chain_only(tiny):
     changed = yaml.safe_load(yaml.safe_dump(config))
     changed["runs"][0]["hookpoints"] = ["resid_post.4"]
     jobs = planned_jobs(work, changed)
-    assert {rule for rule, out in jobs if "resid_post.4" not in out} <= {"all", "estimate", "summarize"}
+    outside = {rule for rule, out in jobs if "resid_post.4" not in out}
+    assert outside <= {"all", "estimate", "summarize", "browser"}
     assert "tokenize_corpus" not in rules_of(jobs)
 
 
@@ -215,7 +248,7 @@ def test_added_scorer_adds_only_its_jobs(tiny):
     changed["scorers"]["detection-3"] = dict(changed["scorers"]["detection"], examples_per_prompt=3)
     changed["runs"][0]["scorers"].append("detection-3")
     jobs = planned_jobs(work, changed)
-    assert rules_of(jobs) == ["estimate", "score", "summarize"]
+    assert rules_of(jobs) == ["browser", "browser_shard", "estimate", "score", "summarize"]
     assert all("/detection-3/" in out for rule, out in jobs if rule == "score")
 
 

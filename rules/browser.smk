@@ -1,0 +1,59 @@
+# The latent browser (results/browser/): a static site built per shard, an index that pages, and the
+# agreement of human ratings (results/ratings/, written by `interpflow serve`) with every scorer.
+
+
+rule browser_shard:
+    input:
+        browser_shard_inputs,
+        code=code_of("../workflow/scripts/browser_shard.py"),
+    output:
+        directory("results/browser/units/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/shard-{shard}"),
+    log:
+        "logs/browser/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/shard-{shard}.log",
+    conda:
+        "../envs/interpflow.yaml"
+    threads: 2
+    resources:
+        mem_mb=lambda w, attempt: 4000 * attempt,
+    params:
+        files=browser_shard_files,
+    script:
+        "../workflow/scripts/browser_shard.py"
+
+
+rule browser:
+    input:
+        shards=browser_shards(),
+        summary=rules.summarize.output.html,
+        code=code_of("../workflow/scripts/browser_index.py"),
+    output:
+        index="results/browser/index.html",
+        search="results/browser/search.html",
+        rate="results/browser/rate.html",
+        data=directory("results/browser/data"),
+        static=directory("results/browser/static"),
+    log:
+        "logs/browser/index.log",
+    conda:
+        "../envs/interpflow.yaml"
+    script:
+        "../workflow/scripts/browser_index.py"
+
+
+rule agreement:
+    input:
+        ratings=rating_files(),
+        latents=rules.summarize.output.table,
+        code=code_of("../workflow/scripts/agreement.py"),
+    output:
+        latents="results/summary/agreement-latents.parquet",
+        scorers="results/summary/agreement-scorers.parquet",
+        alpha="results/summary/agreement-alpha.parquet",
+    log:
+        "logs/summary/agreement.log",
+    conda:
+        "../envs/interpflow.yaml"
+    params:
+        ratings_dir="results/ratings",
+    script:
+        "../workflow/scripts/agreement.py"
