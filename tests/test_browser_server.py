@@ -58,6 +58,22 @@ def test_searching_numbers_returns_the_digit_latent_first(planted):
     assert names[index.query("parenthesis", k=1)[0]["latent"]] == "bracket"
 
 
+def test_random_baseline_explanations_are_not_searched(tmp_path):
+    """A random explanation is another latent's text: search must point at the latent it describes."""
+    texts = {0: "dates and years", 1: "dates and years", 2: "the word and"}
+    entries = write_unit(tmp_path / "browser", texts)
+    entries["explainer_kind"] = ["file", "random", "file"]
+    entries.to_parquet(tmp_path / "browser/units" / UNIT / "shard-0/entries.parquet")
+    hits = SearchIndex(tmp_path / "browser").query("years", k=5)
+    assert [h["latent"] for h in hits] == [0, 2]
+
+
+def test_a_relative_results_folder_is_served(planted, monkeypatch):
+    results, _ = planted
+    monkeypatch.chdir(results.parent)
+    assert create_app(results.name).test_client().get("/index.html").data == b"<html>index</html>"
+
+
 def test_server_search_api_and_its_errors(planted):
     results, names = planted
     client = create_app(results).test_client()

@@ -48,6 +48,9 @@ class SearchIndex:
             emb = np.load(emb_path)
             if len(rows) != len(emb):
                 raise ValueError(f"{emb_path}: {len(emb)} rows for {len(rows)} explanations; rebuild it")
+            # a random baseline's text belongs to another latent: finding it here would point at the wrong one
+            own = (rows["explainer_kind"] != "random").to_numpy() if "explainer_kind" in rows else slice(None)
+            rows, emb = rows[own].reset_index(drop=True), emb[own]
             if len(rows):
                 tables.append(rows)
                 vectors.append(emb.astype(np.float32))

@@ -21,7 +21,7 @@ class Run:
     """What the server reads of one run's results folder; search and text models load on first use."""
 
     def __init__(self, results: str | Path, ratings_dir: str | Path | None = None, device: str = "auto"):
-        self.results = Path(results)
+        self.results = Path(results).resolve()  # Flask resolves relative folders against its package
         self.browser = self.results / "browser"
         if not (self.browser / "index.html").exists():
             raise FileNotFoundError(f"{self.browser / 'index.html'} is missing: build the browser first "
@@ -111,7 +111,10 @@ def create_app(results: str | Path, ratings_dir: str | Path | None = None, devic
     def agreement():
         return jsonify(run.agreement())
 
-    @app.get("/", defaults={"path": "index.html"})
+    @app.get("/")
+    def index():
+        return send_from_directory(run.browser, "index.html")
+
     @app.get("/<path:path>")
     def static_file(path):
         top, _, rest = path.partition("/")
