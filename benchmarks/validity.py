@@ -77,8 +77,18 @@ class Layout:
     def explanations(self, explainer: str) -> list[str]:
         return [f"{self.folder(explainer)}/explanations-{s}.parquet" for s in self.shards]
 
+    def unit(self) -> str:
+        corpus_model = self.base.removeprefix("results/")
+        return f"{corpus_model}/{self.hookpoint}/{self.dictionary}/{self.run['sampler']}"
+
+    def pages(self) -> list[str]:
+        """The browser's shard folders of the planted dictionary (not its index: results/browser/index.html
+        belongs to the default run, which shares this results folder)."""
+        return [f"results/browser/units/{self.unit()}/shard-{s}" for s in self.shards]
+
     def targets(self) -> list[str]:
-        return [m for e in self.run["explainers"] for s in self.run["scorers"] for m in self.metrics(e, s)]
+        metrics = [m for e in self.run["explainers"] for s in self.run["scorers"] for m in self.metrics(e, s)]
+        return metrics + self.pages()
 
 
 def build_planted(lay: Layout, config: Path, cores: int) -> pd.DataFrame:
@@ -194,6 +204,19 @@ def _naming_row(lay: Layout, llm: str, pl: pd.DataFrame) -> dict:
     return row(what, f"{named} of {len(pairs)}", ">= 4 of 5", named >= 0.8 * len(pairs), said)
 
 
+def _search_row(lay: Layout, llm: str, pl: pd.DataFrame) -> dict:
+    """Issue 11: the browser's search by meaning, over the LLM's explanations of the planted dictionary,
+    ranks the digit latent first for the query "numbers"."""
+    from interpflow.browser.search import SearchIndex
+
+    digit = int(pl.loc[pl["property"] == "digit", "latent"].iloc[0])
+    hits = SearchIndex(REPO / "results/browser").query("numbers", k=3, unit=lay.unit(), explainer=llm)
+    first = hits[0]["latent"] if hits else None
+    said = "; ".join(f"latent {h['latent']} ({h['similarity']:.3f}): {h['explanation']!r}" for h in hits)
+    return row(f'search "numbers" over {llm} explanations: first latent', first, f"{digit} (digit)",
+               first == digit, said)  # fmt: skip
+
+
 def _paired_row(what: str, a: pd.Series, b: pd.Series, ia, ib, target: str, bar: float) -> dict:
     """A paired comparison: median difference a - b, met when it is >= bar and Wilcoxon p < 0.05."""
     d, p, k = paired(a, b, ia, ib)
@@ -209,7 +232,7 @@ def measure(lay: Layout, planted: pd.DataFrame) -> list[dict]:
     llm, oracle, rand = (lay.explainer[k] for k in ("llm", "file", "random"))
     judges = [n for n, k in lay.scorers.items() if k in JUDGES]
     s = {(e, n): read_scores(lay, e, n) for e in (llm, oracle, rand) for n in lay.scorers}
-    rows = [*_judge_rows(s, judges, oracle, llm, ip), _naming_row(lay, llm, pl)]
+    rows = [*_judge_rows(s, judges, oracle, llm, ip), _naming_row(lay, llm, pl), _search_row(lay, llm, pl)]
     for n, kind in lay.scorers.items():
         v, c = median(s[rand, n], ip), chance(s[rand, n], kind)
         what = f"{rand} explanation on planted latents, {n} {s[rand, n].name} (median)"

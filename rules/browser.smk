@@ -36,6 +36,8 @@ rule browser:
         "logs/browser/index.log",
     conda:
         "../envs/interpflow.yaml"
+    params:
+        paper_dir="results/paper",  # linked when it exists (the paper page, issue 10)
     script:
         "../workflow/scripts/browser_index.py"
 

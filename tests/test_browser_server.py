@@ -66,6 +66,9 @@ def test_random_baseline_explanations_are_not_searched(tmp_path):
     entries.to_parquet(tmp_path / "browser/units" / UNIT / "shard-0/entries.parquet")
     hits = SearchIndex(tmp_path / "browser").query("years", k=5)
     assert [h["latent"] for h in hits] == [0, 2]
+    index = SearchIndex(tmp_path / "browser")
+    assert index.query("years", unit="other/unit") == []
+    assert [h["latent"] for h in index.query("years", explainer="oracle")] == [0, 2]
 
 
 def test_a_relative_results_folder_is_served(planted, monkeypatch):

@@ -8,4 +8,5 @@ with logged(snakemake.log[0]):
         snakemake.input.shards,
         Path(snakemake.output.index).parent,
         summary_dir=Path(snakemake.input.summary).parent,
+        paper_dir=snakemake.params.paper_dir,
     )

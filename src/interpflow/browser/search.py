@@ -66,14 +66,19 @@ class SearchIndex:
             self._model = load_embedder(EMBEDDER, "cpu")
         return embed(self._model, [text], 1)[0].astype(np.float32)
 
-    def query(self, text: str, k: int = 20) -> list[dict]:
-        """The k entries whose explanation is nearest the text, best first, with their scores."""
+    def query(self, text: str, k: int = 20, unit: str | None = None, explainer: str | None = None):
+        """The k entries whose explanation is nearest the text, best first, with their scores; optionally
+        only those of one unit or one explainer. A list of result dicts (the /api/search records)."""
         if not text.strip():
             raise ValueError("q: empty query")
-        if not len(self.entries):
+        keep = np.ones(len(self.entries), bool)
+        for column, value in (("unit", unit), ("explainer", explainer)):
+            if value:
+                keep &= (self.entries[column] == value).to_numpy()
+        if not keep.any():
             return []
-        sims = self.vectors @ self.embed_query(text)  # [n]
-        top = np.argsort(-sims, kind="stable")[:k]
+        sims = np.where(keep, self.vectors @ self.embed_query(text), -np.inf)  # [n]
+        top = np.argsort(-sims, kind="stable")[: min(k, int(keep.sum()))]
         return [self._result(self.entries.iloc[i], float(sims[i])) for i in top]
 
     @staticmethod

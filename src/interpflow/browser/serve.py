@@ -83,8 +83,8 @@ def create_app(results: str | Path, ratings_dir: str | Path | None = None, devic
         k = request.args.get("k", "20")
         if not k.isdigit() or not 0 < int(k) <= 1000:
             raise ValueError(f"k: '{k}' is not a count from 1 to 1000")
-        query = request.args.get("q", "")
-        return jsonify({"query": query, "results": run.search.query(query, int(k))})
+        query, unit, explainer = (request.args.get(key) for key in ("q", "unit", "explainer"))
+        return jsonify({"query": query, "results": run.search.query(query or "", int(k), unit, explainer)})
 
     @app.post("/api/infer")
     def infer():
