@@ -19,7 +19,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 
-.PHONY: setup run test lint bench validity estimate clean readme chromium serve
+.PHONY: setup run test lint bench validity estimate clean readme chromium serve paper
 
 setup: $(STAMP)
 
@@ -61,6 +61,17 @@ bench: setup
 # The planted-latent benchmark (issue 13): probes of token properties as latents, through the real workflow.
 validity: setup
 	$(PY) benchmarks/validity.py --cores $(CORES)
+
+# The paper's tables and figures beside its numbers (issue 10), into results/paper/: the local config (about
+# two hours on 2 cores, shares the default run's upstream), or PAPER_CONFIG=config/paper.yaml for its scale.
+PAPER_CONFIG ?= config/paper-local.yaml
+paper: setup
+	$(PY) -m interpflow.estimate config/config.yaml $(PAPER_CONFIG)
+	@mkdir -p logs; start=$$(date +%s); \
+	  $(VENV)/bin/snakemake --cores $(CORES) --configfile $(PAPER_CONFIG) -- paper && \
+	  echo $$(( $$(date +%s) - start )) > logs/paper-seconds.txt
+	$(PY) -c "from interpflow.readme import update_paper; update_paper('README.md', 'results/paper', 'logs/paper-seconds.txt')"
+	@echo "paper: $(CURDIR)/results/paper/index.html"
 
 # The latent browser of the default run, with search and rating (http://127.0.0.1:8000/).
 serve: setup

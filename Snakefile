@@ -28,6 +28,7 @@ include: "rules/crosslayer.smk"
 include: "rules/summary.smk"
 include: "rules/browser.smk"
 include: "rules/export.smk"
+include: "rules/paper.smk"
 
 
 localrules:
@@ -38,6 +39,7 @@ localrules:
     browser,
     agreement,
     export_table,
+    paper,
 
 
 rule all:

@@ -279,6 +279,7 @@ def all_targets():
         *(rules.summarize_crosslayer.output if layer_pairs() else []),
         *rules.browser.output,
         *export_targets(),
+        *(rules.paper.output if config["paper"]["reference"] else []),  # the paper's tables, where set
         *(rules.agreement.output if rating_files() else []),  # once someone has rated in `interpflow serve`
     ]
 

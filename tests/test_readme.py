@@ -117,3 +117,22 @@ def test_the_validity_table_is_spliced_from_the_benchmark_json(tmp_path):
     assert "| named | 2 of 8 | >= 4 of 5 | **not met** |" in text
     assert "| calibration gain | 0.031 | none (measured) |  |" in text  # no verdict without a target
     assert "`config/validity.yaml` (16 latents" in text and "- oracle, fuzzing AUROC (median): 8 of 8" in text
+
+
+def test_the_paper_table_and_its_time_are_spliced_from_the_page(tmp_path):
+    from interpflow.readme import PAPER_BEGIN, PAPER_END, update_paper
+
+    cell = dict(table="A10", row="random explanation", low=0.31, high=0.62, n=15, source="Table A10")
+    pd.DataFrame(
+        [dict(cell, metric="fuzzing", ours=0.547, paper=0.51),
+         dict(cell, metric="detection", ours=0.5625, paper=0.51),
+         dict(cell, table="A3", row="10", metric="fuzzing", ours=0.6, paper=0.73)]  # fmt: skip
+    ).to_parquet(tmp_path / "comparison.parquet")
+    (tmp_path / "seconds.txt").write_text("7260\n")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"top\n{PAPER_BEGIN}\nstale\n{PAPER_END}\nend\n")
+    update_paper(readme, tmp_path, tmp_path / "seconds.txt")
+    text = readme.read_text()
+    assert "stale" not in text and text.startswith("top\n") and text.endswith(f"{PAPER_END}\nend\n")
+    assert "| random explanation | 0.547 [0.310, 0.620] | 0.510 | 0.562 [0.310, 0.620] | 0.510 | 15 |" in text
+    assert "took 121 minutes" in text and "| 10 |" not in text  # only Table A10

@@ -95,6 +95,28 @@ def test_sizes_and_disjoint_splits(sampled):
         assert sorted(ex.example_id) == list(range(45))
 
 
+def test_train_sampling_top_random_and_quantiles(world, sampled):
+    """Table A5's ablation: the explainer's windows are the strongest (top), any (random) or across
+    quantiles; the test windows stay across quantiles and never reuse a train window."""
+    tokens, vocab, dense, shard = world
+    strongest = sorted(true_bins(dense[13], 10), key=lambda w: -dense[13].reshape(N_WINDOWS, L)[w].max())
+    by_mode = {"quantiles": sampled[0]}
+    for mode in ("top", "random"):
+        by_mode[mode] = sample_examples(tokens, vocab, shard, dict(CFG, train_sampling=mode))[0]
+    windows = {}
+    for mode, examples in by_mode.items():
+        ex = examples[examples.latent == 13]
+        train, test = ex[ex.split == "train"], ex[(ex.split == "test") & ex.activating]
+        windows[mode] = {s * CTX // L + st // L for s, st in zip(train.seq, train.start, strict=True)}
+        tested = {s * CTX // L + st // L for s, st in zip(test.seq, test.start, strict=True)}
+        assert len(windows[mode]) == 10 and not windows[mode] & tested
+        assert (test["quantile"].value_counts() == 4).all()  # test still 4 per quantile bin
+    assert windows["top"] == set(strongest[:10])
+    assert windows["random"] != windows["quantiles"] and windows["random"] != windows["top"]
+    with pytest.raises(ValueError, match="train_sampling: 'best'"):
+        sample_examples(tokens, vocab, shard, dict(CFG, train_sampling="best"))
+
+
 def test_quantile_bins_are_correct_and_covered(world, sampled):
     _, _, dense, _ = world
     examples, _ = sampled

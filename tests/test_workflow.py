@@ -152,6 +152,22 @@ def test_browser_built_for_every_unit_and_text_search_matches_the_store(tiny):
     assert close.mean() > 0.95  # float16 storage; a near-tie in the top-k may flip one
 
 
+def test_paper_page_built_from_the_run(tiny):
+    """The tiny config's paper section: Table A10 from its subjects, beside the paper's values, and the
+    medians equal the summary's own (the page reads the run, nothing else)."""
+    work, _ = tiny
+    paper = work / "results/paper"
+    assert "Table A10" in (paper / "index.html").read_text() and (paper / "A10.png").stat().st_size > 1000
+    cells = pd.read_parquet(paper / "comparison.parquet")
+    a10 = cells[cells["table"] == "A10"].set_index(["row", "metric"])
+    assert a10.loc[("random explanation", "detection"), "paper"] == 0.51
+    summary = pd.read_parquet(work / "results/summary/latents.parquet")
+    ok = summary[(summary["explainer"] == "random") & (summary["scorer"] == "detection")
+                 & (summary["dictionary"] == "topk-128") & (summary["status"] == "ok")]  # fmt: skip
+    assert a10.loc[("random explanation", "detection"), "n"] == len(ok)
+    assert a10.loc[("random explanation", "detection"), "ours"] == pytest.approx(ok["score"].median())
+
+
 def test_dictionaries_layers_and_matching(tiny):
     """Two layers and a neuron layer from one forward pass; a trained, a random and a neuron dictionary;
     the latents of each SAE aligned across the two layers and the explanations of matched pairs compared."""

@@ -80,6 +80,7 @@ def check_config(config: dict, n_layers: dict[str, int] | None = None) -> None:
                 f"explainers.{name}.source: must name an LLM explainer, got '{entry.get('source')}'"
             )
     problems += _select_problems(config)
+    problems += _paper_problems(config)
     for name, entry in config["scorers"].items():
         if entry.get("scorer_model") and entry["scorer_model"] not in config["models"]:
             problems.append(
@@ -87,6 +88,29 @@ def check_config(config: dict, n_layers: dict[str, int] | None = None) -> None:
             )
     if problems:
         raise ValueError("invalid config:\n  " + "\n  ".join(dict.fromkeys(problems)))
+
+
+def _paper_problems(config: dict) -> list[str]:
+    """Every name a `paper` row refers to must be defined (the rows select outputs of this config's runs)."""
+    paper, problems = config.get("paper") or {}, []
+    rows = [("reference", paper.get("reference") or {})]
+    for key in ("subjects", "explainers"):
+        rows += [(f"{key}[{i}]", r) for i, r in enumerate(paper.get(key, []))]
+    for name, entries in (paper.get("ablations") or {}).items():
+        rows += [(f"ablations.{name}[{i}]", r) for i, r in enumerate(entries)]
+    if paper.get("intervention_random"):
+        rows.append(("intervention_random", paper["intervention_random"]))
+    sections = {**RUN_NAMES, "dictionary": "dictionaries", "explainer": "explainers"}
+    for where, row in rows:
+        for key, section in sections.items():
+            if key in row and row[key] not in config[section]:
+                problems.append(f"paper.{where}.{key}: '{row[key]}' is not defined under '{section}'")
+    # roles naming no scorer are not checked: a role the runs never score is left out of the tables
+    listed = any(paper.get(k) for k in ("subjects", "explainers", "judges", "layers"))
+    listed = listed or any((paper.get("ablations") or {}).values())
+    if listed and not paper.get("reference"):
+        problems.append("paper.reference: required when paper lists rows (the setting each row overrides)")
+    return problems
 
 
 def _select_problems(config: dict) -> list[str]:

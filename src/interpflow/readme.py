@@ -22,6 +22,7 @@ from interpflow.store import atomic_path, read_parquet
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 VALIDITY_BEGIN, VALIDITY_END = "<!-- validity:begin -->", "<!-- validity:end -->"
+PAPER_BEGIN, PAPER_END = "<!-- paper:begin -->", "<!-- paper:end -->"
 SCORER_ORDER = ("detection", "fuzzing", "simulation", "embedding", "surprisal", "intervention")
 
 
@@ -170,6 +171,24 @@ def validity_block(validity_json: str | Path) -> str:
     return "\n\n".join([head, _markdown(["measure", "value", "target", "met"], rows), "\n".join(notes)])
 
 
+def paper_block(paper_dir: str | Path, seconds_file: str | Path | None = None) -> str:
+    """The paper page's main table (A10, from results/paper/comparison.parquet) and what the run took."""
+    from interpflow.paper import main_table_markdown
+
+    comparison = pd.read_parquet(Path(paper_dir) / "comparison.parquet")
+    took = ""
+    if seconds_file and Path(seconds_file).is_file():
+        took = f" The run took {float(Path(seconds_file).read_text()) / 60:.0f} minutes on this machine."
+    head = f"Table A10 of `{Path(paper_dir) / 'index.html'}` (medians with 95% intervals; n latents).{took}"
+    return f"{head}\n\n{main_table_markdown(comparison)}"
+
+
+def update_paper(readme: str | Path, paper_dir: str | Path, seconds_file: str | Path | None = None) -> None:
+    """Replace the README's paper block with the page's main table; atomic."""
+    note = "<!-- generated from results/paper/comparison.parquet by `make paper`: do not edit by hand -->"
+    _replace_block(Path(readme), PAPER_BEGIN, PAPER_END, paper_block(paper_dir, seconds_file), note)
+
+
 def splice(text: str, begin: str, end: str, block: str, note: str, where: str) -> str:
     """`text` with what lies between its one `begin` line and its one `end` line replaced by note + block."""
     if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
@@ -188,11 +207,12 @@ def update_readme(readme: str | Path, summary_dir: str | Path, logs_dir: str | P
 
 def update_validity(readme: str | Path, validity_json: str | Path) -> None:
     """Replace the README's planted-benchmark block with the table of `validity_json`; atomic."""
-    readme = Path(readme)
     note = "<!-- generated from benchmarks/validity.json by `make validity`: do not edit by hand -->"
-    block = validity_block(validity_json)
-    text = splice(readme.read_text(encoding="utf-8"), VALIDITY_BEGIN, VALIDITY_END, block, note, str(readme))
-    _rewrite(readme, text)
+    _replace_block(Path(readme), VALIDITY_BEGIN, VALIDITY_END, validity_block(validity_json), note)
+
+
+def _replace_block(readme: Path, begin: str, end: str, block: str, note: str) -> None:
+    _rewrite(readme, splice(readme.read_text(encoding="utf-8"), begin, end, block, note, str(readme)))
 
 
 def _rewrite(path: Path, text: str) -> None:

@@ -10,6 +10,7 @@ from interpflow.sampling.hard import _hardest
 
 SETTINGS = ("example_ctx_len", "n_train", "n_test", "n_nonactivating", "n_train_nonactivating", "n_quantiles",
             "seed", "min_activations")  # fmt: skip
+TRAIN_SAMPLING = ("quantiles", "random", "top")  # the paper's Table A5 ablation of the explainer's examples
 
 
 def _settings(cfg: dict, ctx_len: int) -> dict[str, int]:
@@ -25,6 +26,9 @@ def _settings(cfg: dict, ctx_len: int) -> dict[str, int]:
     for key, value in s.items():
         if not isinstance(value, int) or value < 0:
             raise ValueError(f"sampler setting {key} must be a non-negative integer, got {value!r}")
+    s["train_sampling"] = mode = cfg["train_sampling"]
+    if mode not in TRAIN_SAMPLING:
+        raise ValueError(f"sampler setting train_sampling: {mode!r} is not one of {TRAIN_SAMPLING}")
     if s["example_ctx_len"] < 1 or ctx_len % s["example_ctx_len"]:
         raise ValueError(f"example_ctx_len ({s['example_ctx_len']}) must divide the context length {ctx_len}")
     if s["n_quantiles"] < 1:
@@ -44,6 +48,18 @@ def _stratified(bins: np.ndarray, n: int, n_bins: int, rng: np.random.Generator)
     chosen, rest = order[take], order[~take]
     fill = rest[np.argsort(prio[rest])[: n - chosen.size]]
     return np.concatenate([chosen, fill])
+
+
+def _train_windows(bins: np.ndarray, rank: np.ndarray, s: dict, rng: np.random.Generator) -> np.ndarray:
+    """The explainer's activating windows (indices into the latent's windows): across activation quantiles
+    (the paper's default), uniformly at random, or the strongest only (Table A5: top-only explanations are
+    too specific). The test windows are drawn across quantiles from the rest in every case."""
+    n = min(s["n_train"], bins.size)
+    if s["train_sampling"] == "random":
+        return rng.choice(bins.size, size=n, replace=False)
+    if s["train_sampling"] == "top":
+        return np.argsort(-rank, kind="stable")[:n]
+    return _stratified(bins, s["n_train"], s["n_quantiles"], rng)
 
 
 def _inactive_windows(active: np.ndarray, n_windows: int, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -79,7 +95,7 @@ def _sample_windows(
     rank = np.empty(active.size, np.int64)
     rank[np.argsort(max_act, kind="stable")] = np.arange(active.size)
     bins = rank * s["n_quantiles"] // active.size  # equal-count bins, 0 = weakest
-    train = _stratified(bins, s["n_train"], s["n_quantiles"], rng)
+    train = _train_windows(bins, rank, s, rng)
     left = np.setdiff1d(np.arange(active.size), train)  # test never reuses a train window
     test = left[_stratified(bins[left], s["n_test"], s["n_quantiles"], rng)]
     train, test = np.sort(train), np.sort(test)
