@@ -65,15 +65,15 @@ def create_app(results: str | Path, ratings_dir: str | Path | None = None, devic
     run = Run(results, ratings_dir, device)
     app = Flask(__name__, static_folder=None)
     app.config["RUN"] = run
+    app.register_error_handler(ValueError, lambda exc: _error(400, str(exc)))
+    app.register_error_handler(FileNotFoundError, lambda exc: _error(404, str(exc)))
+    _search_routes(app, run)
+    _rating_routes(app, run)
+    _static_routes(app, run)
+    return app
 
-    @app.errorhandler(ValueError)
-    def bad_request(exc):
-        return _error(400, str(exc))
 
-    @app.errorhandler(FileNotFoundError)
-    def missing(exc):
-        return _error(404, str(exc))
-
+def _search_routes(app: Flask, run: Run) -> None:
     @app.get("/api/units")
     def units():
         return jsonify({"units": sorted(run.entries["unit"].unique().tolist())})
@@ -91,6 +91,8 @@ def create_app(results: str | Path, ratings_dir: str | Path | None = None, devic
         body = request.get_json(silent=True) or {}
         return jsonify(run.text_search.run(body.get("text", ""), body.get("unit") or None))
 
+
+def _rating_routes(app: Flask, run: Run) -> None:
     @app.get("/api/rate/next")
     def next_task():
         task = run.pool.next_task(request.args.get("rater", ""), run.ratings_dir)
@@ -111,6 +113,8 @@ def create_app(results: str | Path, ratings_dir: str | Path | None = None, devic
     def agreement():
         return jsonify(run.agreement())
 
+
+def _static_routes(app: Flask, run: Run) -> None:
     @app.get("/")
     def index():
         return send_from_directory(run.browser, "index.html")
@@ -123,8 +127,6 @@ def create_app(results: str | Path, ratings_dir: str | Path | None = None, devic
         if path.startswith("api/"):
             abort(404)
         return send_from_directory(run.browser, path)
-
-    return app
 
 
 def serve(results: str | Path, host: str = "127.0.0.1", port: int = 8000, device: str = "auto") -> None:
