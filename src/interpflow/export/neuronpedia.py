@@ -190,8 +190,6 @@ def explanation_records(ids: NeuronpediaIds, explainer: Mapping, table: pd.DataF
     records = []
     for row in table[(table["status"] == "ok") & table["explanation"].notna()].itertuples():
         note = f"interpflow explainer {explainer['name']} ({explainer['kind']})"
-        if explainer["kind"] == "random":
-            note += f": a floor, the explanation of latent {int(row.donor_latent)}, not of this one"
         records.append(
             {
                 "id": explanation_id(ids, int(row.latent), explainer["name"]),
@@ -265,7 +263,9 @@ def _plain(value) -> bool:
 def config_records(ids: NeuronpediaIds, shards: Sequence[Mapping], explanations, scores) -> dict:
     """The rows of Neuronpedia's type tables that our explanations and scores name (foreign keys)."""
     by = {"creatorName": ids.creator_name}
-    explainers = {e["name"]: e["kind"] for shard in shards for e in shard["explainers"]}
+    named = {r["typeName"] for r in explanations}  # the explainers whose explanations are exported
+    explainers = {e["name"]: e["kind"] for sh in shards for e in sh["explainers"]}
+    explainers = {name: kind for name, kind in explainers.items() if type_name(name) in named}
     scorers = {s["scorer"]: s for shard in shards for s in shard["scores"]}
     models = sorted({r["explanationModelName"] for r in explanations})
     score_models = sorted({r["explanationScoreModelName"] for r in scores})
@@ -324,6 +324,8 @@ def _read_unit(shards: Sequence[Mapping], ids: NeuronpediaIds) -> dict[str, list
         out["features"] += feature_records(ids, read_parquet(shard["selected"]), read_parquet(shard["stats"]))
         out["activations"] += activation_records(ids, read_parquet(shard["examples"]), corpus)
         for explainer in shard["explainers"]:
+            if explainer["kind"] == "random":  # another latent's text: published, it would mislabel this one
+                continue
             table = read_parquet(explainer["explanations"])
             out["explanations"] += explanation_records(ids, explainer, table)
     explained = {r["id"] for r in out["explanations"]}
