@@ -75,6 +75,8 @@ def test_timing_table_from_step_logs(tmp_path):
         ("wiki/gemma/h/d/s/qwen/explain-0.log", 60.0),
         ("wiki/gemma/h/d/s/qwen/explain-1.log", 30.0),
         ("wiki/gemma/h/d/s/qwen/detection/score-0.log", 90.0),
+        ("browser/wiki/gemma/h/d/s/shard-0.log", 12.0),
+        ("browser/index.log", 6.0),
     ]
     for i, (rel, seconds) in enumerate(steps):
         (logs / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -85,7 +87,8 @@ def test_timing_table_from_step_logs(tmp_path):
         "| subject model conversion | 1 | 0.8 |",
         "| explain: qwen | 2 | 1.5 |",
         "| score: detection | 1 | 1.5 |",
-        "| total | 4 | 3.8 |",
+        "| browser | 2 | 0.3 |",
+        "| total | 6 | 4.1 |",
     ]
 
 

@@ -107,11 +107,13 @@ _TOOK = re.compile(r"step took ([0-9.]+) s")
 
 def _stage(log: Path, logs_dir: Path) -> str:
     """A step log's stage: its file's stem without the shard number ("explain"), the scorer's folder for
-    score logs ("score: detection"), "model" for the subject model's conversion."""
+    score logs ("score: detection"), a name for the logs of a top folder (the browser's pages, ...)."""
     rel = log.relative_to(logs_dir)
     stem = re.sub(r"-\d+$", "", log.stem)
-    if rel.parts[0] in ("models", "llm"):
-        return {"models": "subject model conversion", "llm": "local LLM assembly"}[rel.parts[0]]
+    top = {"models": "subject model conversion", "llm": "local LLM assembly", "browser": "browser",
+           "export": "exports (Neuronpedia, table)", "paper.log": "paper's tables"}  # fmt: skip
+    if rel.parts[0] in top:
+        return top[rel.parts[0]]
     if stem == "score":
         return f"score: {log.parent.name}"
     if stem == "explain":
