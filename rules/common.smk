@@ -93,7 +93,7 @@ def names_of(section, *kinds):
 
 def gpu_count(w):
     """The GPUs a model-running job declares: the model's device setting decides."""
-    return wants_gpu(config["models"][w.model]["device"])
+    return wants_gpu(config["models"][w.model]["device"], config["auto_gpu"])
 
 
 def run_hookpoints():
@@ -209,7 +209,7 @@ def scorer_params(w):
 
 def scorer_gpu(w):
     """The GPUs a surprisal or intervention job declares: its scorer model's device decides."""
-    return max(gpu_count(w), wants_gpu(scorer_model_cfg(w)["device"]))
+    return max(gpu_count(w), wants_gpu(scorer_model_cfg(w)["device"], config["auto_gpu"]))
 
 
 def scorer_model_name(w):

@@ -16,7 +16,7 @@ rule train_sae:
     threads: 2
     resources:
         mem_mb=lambda w, attempt: 8000 * attempt,
-        gpu=lambda w: wants_gpu(config["dictionaries"][w.dictionary]["device"]),
+        gpu=lambda w: wants_gpu(config["dictionaries"][w.dictionary]["device"], config["auto_gpu"]),
     params:
         cfg=slice_of("dictionaries", "dictionary"),
     script:

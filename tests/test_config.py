@@ -152,6 +152,8 @@ def test_layer_pairs_and_the_layer_below():
 def test_gpu_is_declared_only_for_cuda_devices():
     assert wants_gpu("cuda") == wants_gpu("cuda:1") == 1 and wants_gpu("cpu") == 0
     assert wants_gpu("auto") == int(os.path.exists("/dev/nvidiactl"))
+    # on a cluster (auto_gpu: node) every auto job asks for a GPU and uses its node's; cpu never asks
+    assert wants_gpu("auto", "node") == 1 and wants_gpu("cpu", "node") == 0
 
 
 def test_transport_settings_are_split_off_untracked_and_put_back():

@@ -1,6 +1,7 @@
 """The real workflow through snakemake on the tiny config: a full run, then dry-runs that prove each kind of
 config change reruns exactly the jobs it should."""
 
+import os
 import re
 import shutil
 import subprocess
@@ -266,6 +267,21 @@ def test_added_scorer_adds_only_its_jobs(tiny):
     jobs = planned_jobs(work, changed)
     assert rules_of(jobs) == ["browser", "browser_shard", "estimate", "score", "summarize"]
     assert all("/detection-3/" in out for rule, out in jobs if rule == "score")
+
+
+def test_auto_gpu_node_makes_model_jobs_ask_for_a_gpu(tiny):
+    """On a cluster (auto_gpu: node), jobs whose device is auto ask the scheduler for a GPU wherever Snakemake
+    runs; with the default (host) they ask only when this host has one (it has none here)."""
+    work, _ = tiny
+
+    def resources(*args):
+        out = snakemake(work, "-n", "--forceall", *args).stdout
+        return dict(re.findall(r"^rule (\w+):\n(?:.*\n)*?\s+resources: ([^\n]+)", out, flags=re.M))
+
+    on_node, on_host = resources("--config", "auto_gpu=node"), resources()
+    assert "gpu=1" in on_node["cache_activations"] and "gpu=1" in on_node["train_sae"]
+    assert "gpu=1" not in on_node["sample_examples"]  # no model, no GPU
+    assert os.path.exists("/dev/nvidiactl") or all("gpu=1" not in r for r in on_host.values())
 
 
 def test_bad_config_gives_one_clear_message(tiny):

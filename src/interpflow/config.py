@@ -224,10 +224,14 @@ def run_combinations(config: dict) -> Iterator[dict[str, str]]:
                 yield combo
 
 
-def wants_gpu(device: str) -> int:
-    """1 when a job's device setting asks for CUDA ('auto': when this host has an NVIDIA device), else 0.
-    Decided without importing torch, which would cost every Snakemake start seconds."""
-    return int(device.startswith("cuda") or (device == "auto" and os.path.exists("/dev/nvidiactl")))
+def wants_gpu(device: str, auto_gpu: str = "host") -> int:
+    """1 when a job's device setting asks for CUDA, else 0. 'auto' asks when the host running Snakemake has an
+    NVIDIA device (auto_gpu 'host': a workstation), or always (auto_gpu 'node': on a cluster the login node
+    seldom has one; the job then uses the GPU of the node it lands on, `models.resolve_device`). Decided
+    without importing torch, which would cost every Snakemake start seconds."""
+    if device != "auto":
+        return int(device.startswith("cuda"))
+    return int(auto_gpu == "node" or os.path.exists("/dev/nvidiactl"))
 
 
 def site_layer(hookpoint: str) -> tuple[str, int]:
