@@ -25,6 +25,7 @@ rule browser:
     input:
         shards=browser_shards(),
         summary=rules.summarize.output.html,
+        paper=lambda w: rules.paper.output if config["paper"]["reference"] else [],  # linked from the index
         code=code_of("../workflow/scripts/browser_index.py"),
     output:
         index="results/browser/index.html",
@@ -37,7 +38,7 @@ rule browser:
     conda:
         "../envs/interpflow.yaml"
     params:
-        paper_dir="results/paper",  # linked when it exists (the paper page, issue 10)
+        paper_dir=lambda w: "results/paper" if config["paper"]["reference"] else None,
     script:
         "../workflow/scripts/browser_index.py"
 
