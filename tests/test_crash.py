@@ -194,6 +194,7 @@ def test_a_transport_setting_changed_on_a_finished_run_deletes_nothing(uninterru
                 entry["llm"] |= {"timeout_s": 7, "max_retries": 1, "max_concurrency": 3}
     (work / "config/config.yaml").write_text(yaml.safe_dump(config))
     rerun = run(work)
-    assert rules_run(rerun) <= {"all", "estimate", "summarize"}  # LLM-free; the estimate reads concurrency
+    # LLM-free: the estimate reads concurrency, and what reads the summary follows it
+    assert rules_run(rerun) <= {"all", "estimate", "summarize", "browser", "export_table", "paper"}
     after = {p: p.read_bytes() for n in names for p in (work / "results").rglob(n)}
     assert len(before) >= 2 * (1 + 3 + 3) and after == before

@@ -209,11 +209,14 @@ def test_scorer_parameter_reruns_only_that_scorer(tiny):
     changed = yaml.safe_load(yaml.safe_dump(config))
     changed["scorers"]["fuzzing"]["examples_per_prompt"] = 2
     jobs = planned_jobs(work, changed)
-    assert rules_of(jobs) == ["browser", "browser_shard", "estimate", "score", "summarize"]
+    assert rules_of(jobs) == ["browser", "browser_shard", "estimate", "export_neuronpedia", "export_table",
+                              "paper", "score", "summarize"]  # fmt: skip
     assert all("/fuzzing/" in out for rule, out in jobs if rule == "score")
     assert len([j for j in jobs if j[0] == "score"]) == 2  # one per shard
     pages = [out for rule, out in jobs if rule == "browser_shard"]  # only the pages showing fuzzing's scores
     assert len(pages) == 2 and all("/resid_post.3/topk-128/small/" in out for out in pages)
+    exported = [out for rule, out in jobs if rule == "export_neuronpedia"]
+    assert exported == ["results/export/neuronpedia/wiki/smollm2/resid_post.3/topk-128/small"]
 
 
 def test_a_key_another_kind_reads_reruns_nothing(tiny):
@@ -232,9 +235,11 @@ def test_explainer_change_reruns_explanations_scores_summary(tiny):
     jobs = planned_jobs(work, changed)
     assert "explain" in rules_of(jobs) and "explain_top_tokens" not in rules_of(jobs)
     # the random baseline draws from qwen's explanations, so it follows; top-tokens' scores do not
-    downstream = ("estimate", "summarize", "summarize_crosslayer", "browser", "browser_shard")
-    assert all("/qwen/" in out or "/random/" in out for rule, out in jobs if rule not in downstream)
-    assert all("/topk-128/small/" in out for rule, out in jobs if rule == "browser_shard")
+    downstream = ("estimate", "summarize", "summarize_crosslayer", "browser", "export_table", "paper")
+    per_unit = ("browser_shard", "export_neuronpedia")  # the unit's pages and records show the explanations
+    others = [out for rule, out in jobs if rule not in downstream + per_unit]
+    assert all("/qwen/" in out or "/random/" in out for out in others)
+    assert all("/resid_post.3/topk-128/small" in out for rule, out in jobs if rule in per_unit)
     assert not any(rule.startswith(("cache", "train", "encode", "sample")) for rule in rules_of(jobs))
 
 
@@ -243,7 +248,7 @@ def test_new_layer_adds_only_its_chain(tiny):
     changed = yaml.safe_load(yaml.safe_dump(config))
     changed["runs"][0]["hookpoints"] = ["resid_post.3", "resid_post.5"]
     jobs = planned_jobs(work, changed)
-    summaries = ("all", "estimate", "summarize", "summarize_crosslayer", "browser")
+    summaries = ("all", "estimate", "summarize", "summarize_crosslayer", "browser", "export_table", "paper")
     assert all("resid_post.5" in out for rule, out in jobs if rule not in summaries)
     assert "cache_activations" in rules_of(jobs) and "prepare_model" not in rules_of(jobs)
     assert "tokenize_corpus" not in rules_of(jobs)
@@ -254,8 +259,11 @@ def test_changed_layer_reruns_that_chain_only(tiny):
     changed = yaml.safe_load(yaml.safe_dump(config))
     changed["runs"][0]["hookpoints"] = ["resid_post.4"]
     jobs = planned_jobs(work, changed)
-    outside = {rule for rule, out in jobs if "resid_post.4" not in out}
-    assert outside <= {"all", "estimate", "summarize", "browser"}
+    # resid_post.3's unit keeps its baselines but loses qwen: its pages and records are rebuilt, nothing else
+    outside = {(rule, out) for rule, out in jobs if "resid_post.4" not in out}
+    summaries = {"all", "estimate", "summarize", "browser", "export_table", "paper"}
+    assert all(rule in summaries or "/resid_post.3/topk-128/small" in out for rule, out in outside)
+    assert {rule for rule, _ in outside} - summaries <= {"browser_shard", "export_neuronpedia"}
     assert "tokenize_corpus" not in rules_of(jobs)
 
 
@@ -265,7 +273,8 @@ def test_added_scorer_adds_only_its_jobs(tiny):
     changed["scorers"]["detection-3"] = dict(changed["scorers"]["detection"], examples_per_prompt=3)
     changed["runs"][0]["scorers"].append("detection-3")
     jobs = planned_jobs(work, changed)
-    assert rules_of(jobs) == ["browser", "browser_shard", "estimate", "score", "summarize"]
+    assert rules_of(jobs) == ["browser", "browser_shard", "estimate", "export_neuronpedia", "export_table",
+                              "paper", "score", "summarize"]  # fmt: skip
     assert all("/detection-3/" in out for rule, out in jobs if rule == "score")
 
 

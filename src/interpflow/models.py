@@ -170,12 +170,16 @@ def prepare_model(cfg: dict, spec_out: str | os.PathLike, vocab_out: str | os.Pa
     log.info("model ready: %s (vocab %d)", spec, len(vocab))
 
 
-def read_spec(spec_path: str | os.PathLike) -> dict:
-    """Read a model.json written by prepare_model."""
+def read_spec(spec_path: str | os.PathLike, root: str | os.PathLike | None = None) -> dict:
+    """Read a model.json written by prepare_model. Its `path` is relative to the workflow's folder; `root`
+    names that folder when the reader runs elsewhere (`interpflow serve`)."""
     path = Path(spec_path)
     if not path.is_file():
         raise FileNotFoundError(f"missing model spec {path}: run the prepare_model rule")
-    return json.loads(path.read_text())
+    spec = json.loads(path.read_text())
+    if root is not None and (Path(root) / spec["path"]).exists():  # a hub name stays as it is
+        spec["path"] = str(Path(root) / spec["path"])
+    return spec
 
 
 def load_tokenizer_from_spec(spec: dict):
@@ -208,11 +212,14 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
-def load_model(spec_path: str | os.PathLike, cfg: dict) -> tuple[torch.nn.Module, object]:
-    """Load a prepared causal LM (eval mode, configured dtype and device) and its tokenizer."""
+def load_model(
+    spec_path: str | os.PathLike, cfg: dict, root: str | os.PathLike | None = None
+) -> tuple[torch.nn.Module, object]:
+    """Load a prepared causal LM (eval mode, configured dtype and device) and its tokenizer; `root`: the
+    workflow's folder, where the spec's relative path starts (default: the current folder)."""
     from transformers import AutoModelForCausalLM
 
-    spec = read_spec(spec_path)
+    spec = read_spec(spec_path, root)
     cfg = with_defaults("models", cfg)
     device = resolve_device(cfg["device"])
     dtype = resolve_dtype(cfg["dtype"], device)

@@ -29,7 +29,8 @@ class UnitModel:
             if not path.exists():
                 raise FileNotFoundError(f"unit {unit}: {path} is missing (was the run finished?)")
         self.hookpoint = hookpoint
-        self.model, self.tokenizer = load_model(spec, {"device": device})
+        # the spec's path is relative to the folder the workflow ran in: the one holding results/
+        self.model, self.tokenizer = load_model(spec, {"device": device}, root=results.resolve().parent)
         device_ = next(self.model.parameters()).device
         self.dictionary = SparseDictionary.load(dict_dir, device=device_)
         vocab = pd.read_parquet(results / "models" / model / "vocab.parquet", columns=["token_id", "text"])
