@@ -305,8 +305,8 @@ def shard_files(corpus, model, hookpoint, dictionary, sampler, shard):
     pairs = browser_units()[tuple(w.values())]
     partners = []
     for p in layer_pairs():
-        if hookpoint in (p["hookpoint_a"], p["hookpoint_b"]) and (p["corpus"], p["model"], p["dictionary"]) == (
-            corpus, model, dictionary):  # fmt: skip
+        same_run = (p["corpus"], p["model"], p["dictionary"], p["sampler"]) == (corpus, model, dictionary, sampler)
+        if same_run and hookpoint in (p["hookpoint_a"], p["hookpoint_b"]):  # partners explained by this sampler
             side = "a" if hookpoint == p["hookpoint_a"] else "b"
             other = p["hookpoint_b" if side == "a" else "hookpoint_a"]
             partners.append(dict(matches=p["matches"], side=side, other_hookpoint=other,
@@ -366,10 +366,15 @@ def rating_files():
     return sorted(str(p) for p in Path("results/ratings").glob("*.jsonl"))
 
 
+NEURONPEDIA_READS = ("unit", "examples", "selected", "stats", "explainers", "scores")
+
+
 def neuronpedia_shards(w):
-    """Every shard of the unit, as the browser's pages read it (browser.smk: shard_files)."""
+    """Every shard of the unit, as the browser's pages read it (shard_files), without what the export does
+    not read (partners, the store): a new layer's partner links rerun the pages, not the export."""
     unit = [w.corpus, w.model, w.hookpoint, w.dictionary, w.sampler]
-    return [shard_files(*unit, shard) for shard in range(n_shards(w.dictionary))]
+    files = [shard_files(*unit, shard) for shard in range(n_shards(w.dictionary))]
+    return [{key: f[key] for key in NEURONPEDIA_READS} for f in files]
 
 
 def neuronpedia_options(w):

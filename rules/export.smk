@@ -10,7 +10,7 @@ rule export_neuronpedia:
             for p in (
                 f["examples"],
                 f["selected"],
-                os.path.dirname(f["store"]),
+                os.path.dirname(f["stats"]),  # the latent store folder, which holds the stats
                 *(e["explanations"] for e in f["explainers"]),
                 *(s["metrics"] for s in f["scores"]),
             )

@@ -249,7 +249,10 @@ def test_new_layer_adds_only_its_chain(tiny):
     changed["runs"][0]["hookpoints"] = ["resid_post.3", "resid_post.5"]
     jobs = planned_jobs(work, changed)
     summaries = ("all", "estimate", "summarize", "summarize_crosslayer", "browser", "export_table", "paper")
-    assert all("resid_post.5" in out for rule, out in jobs if rule not in summaries)
+    outside = [(rule, out) for rule, out in jobs if rule not in summaries and "resid_post.5" not in out]
+    # only resid_post.3's pages of that run follow: they now link each latent to its resid_post.5 partner
+    assert {rule for rule, _ in outside} <= {"browser_shard"}
+    assert all("/resid_post.3/topk-128/small/" in out for _, out in outside)
     assert "cache_activations" in rules_of(jobs) and "prepare_model" not in rules_of(jobs)
     assert "tokenize_corpus" not in rules_of(jobs)
 
