@@ -305,8 +305,9 @@ def shard_files(corpus, model, hookpoint, dictionary, sampler, shard):
     pairs = browser_units()[tuple(w.values())]
     partners = []
     for p in layer_pairs():
-        same_run = (p["corpus"], p["model"], p["dictionary"], p["sampler"]) == (corpus, model, dictionary, sampler)
-        if same_run and hookpoint in (p["hookpoint_a"], p["hookpoint_b"]):  # partners explained by this sampler
+        run = (p["corpus"], p["model"], p["dictionary"], p["sampler"])
+        # partners explained by this unit's own sampler
+        if run == (corpus, model, dictionary, sampler) and hookpoint in (p["hookpoint_a"], p["hookpoint_b"]):
             side = "a" if hookpoint == p["hookpoint_a"] else "b"
             other = p["hookpoint_b" if side == "a" else "hookpoint_a"]
             partners.append(dict(matches=p["matches"], side=side, other_hookpoint=other,
