@@ -588,3 +588,25 @@ def test_partner_latents_follow_the_matches_of_the_sampled_latents_below():
     assert partner_latents(matches[matches.latent_a != below[0]], width, size, cfg).tolist() == sorted(
         {(a * 3) % 8 for a in below[1:]}
     )
+
+
+def test_split_characters_decode_per_window_across_latents(world):
+    """Windows holding part of a character are decoded as spans; the table maps every latent's decoded strings
+    back to its own rows (the strings of all windows are joined into one column at the end)."""
+    tokens, texts, _, shard = world
+    raw = np.array([t.encode() for t in texts], dtype=object)
+    raw[7], raw[8] = "é".encode()[:1], "é".encode()[1:]  # tokens 7 and 8: the two bytes of é
+    whole = np.ones(texts.size, bool)
+    whole[[7, 8]] = False
+    vocab = Vocab(texts.copy(), raw, whole)
+    tokens = tokens.copy()
+    tokens[:, 5], tokens[:, 6] = 7, 8  # every window starting at 0 mod CTX holds é at positions 5-6
+    examples, _ = sample_examples(tokens, vocab, shard, CFG)
+    assert examples.latent.nunique() >= 3
+    split = examples[examples.start == 0]
+    assert split.latent.nunique() >= 2  # several latents' parts carry decoded strings
+    for row in examples.itertuples():
+        window = tokens[row.seq, row.start : row.start + L]
+        assert row.token_strs.tolist() == window_strings(window[None], vocab)[0].tolist()
+    # the token that completes the character carries it
+    assert all(r.token_strs[5] == "" and r.token_strs[6] == "é" for r in split.itertuples())

@@ -1,5 +1,5 @@
-"""sample_examples: one shard's examples table (the chosen windows with their tokens, text and activations)
-and latents table (each latent sampled, or skipped with the reason)."""
+"""sample_table / sample_examples: one shard's examples table (the chosen windows with their tokens, text and
+activations) and latents table (each latent sampled, or skipped with the reason)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ import pandas as pd
 from interpflow.latents import LatentShard
 from interpflow.sampling.hard import _hard_scores, _hard_settings
 from interpflow.sampling.selection import select_latents
-from interpflow.sampling.vocab import Vocab, window_strings
+from interpflow.sampling.vocab import Vocab, window_string_ids
 from interpflow.sampling.windows import _run_starts, _sample_windows, _settings
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from scipy import sparse
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,11 @@ def _example_rows(
     vocab: Vocab,
     L: int,
 ) -> dict[str, Any]:
-    """Columns of the example rows for the given window ids (tokens, their text, the latent's acts)."""
+    """Columns of the example rows for the given window ids (tokens, their text, the latent's acts).
+
+    `tokens`, `acts` and `string_ids` are [m, L] arrays, `extra_strings` the strings that string_ids points
+    at past the vocabulary (window_string_ids); _examples_table makes them list columns.
+    """
     per_seq = tokens.shape[1] // L
     seq, start = windows // per_seq, (windows % per_seq) * L
     toks = tokens[seq[:, None], start[:, None] + np.arange(L)]  # [m, L]
@@ -68,24 +73,47 @@ def _example_rows(
     order = np.argsort(windows)
     hit = np.isin(wid, windows)
     acts[order[np.searchsorted(windows[order], wid[hit])], pos[hit] % L] = vals[hit]
-    strs = window_strings(toks, vocab)
+    string_ids, extra = window_string_ids(toks, vocab)
     return {
         "latent": np.full(windows.size, latent, np.int64),
         "example_id": np.arange(windows.size, dtype=np.int64),
         "seq": seq.astype(np.int64),
         "start": start.astype(np.int64),
-        "tokens": list(toks.astype(np.int32)),
-        "token_strs": list(strs),
-        "acts": list(acts),
+        "tokens": toks.astype(np.int32),
+        "string_ids": string_ids,
+        "extra_strings": extra,
+        "acts": acts,
         "max_act": acts.max(axis=1),
     }
 
 
-def _concat(pieces: list) -> np.ndarray | list:
-    """Join one column's per-latent pieces (arrays, or lists of per-row arrays)."""
-    if isinstance(pieces[0], list):
-        return [row for piece in pieces for row in piece]
-    return np.concatenate(pieces)
+def _examples_table(parts: list[dict[str, Any]], vocab: Vocab, L: int) -> pa.Table:
+    """One Arrow table of every latent's example rows, its list columns built from flat arrays at once
+    (converting per-row arrays cost more than the sampling itself)."""
+    import pyarrow as pa
+
+    schema = _examples_schema()
+    if not parts:
+        return schema.empty_table()
+    n = sum(p["latent"].size for p in parts)
+    offsets = pa.array(np.arange(0, (n + 1) * L, L, dtype=np.int32))  # every row holds L tokens
+    # each part's extra strings follow the vocabulary and the extras of the parts before it
+    n_vocab, shift, ids = vocab.text.size, 0, []
+    for p in parts:
+        ids.append(np.where(p["string_ids"] >= n_vocab, p["string_ids"] + shift, p["string_ids"]).ravel())
+        shift += len(p["extra_strings"])
+    extras = np.array([s for p in parts for s in p["extra_strings"]], dtype=object)
+    strings = pa.array(np.concatenate([vocab.text, extras]), pa.string())
+    flat = {c: np.concatenate([p[c] for p in parts]) for c in ("tokens", "acts")}  # [n, L] each
+    columns = {
+        "tokens": pa.ListArray.from_arrays(offsets, flat["tokens"].ravel()),
+        "token_strs": pa.ListArray.from_arrays(offsets, strings.take(np.concatenate(ids))),
+        "acts": pa.ListArray.from_arrays(offsets, flat["acts"].ravel()),
+    }
+    for f in schema:
+        if f.name not in columns:
+            columns[f.name] = pa.array(np.concatenate([p[f.name] for p in parts]), f.type)
+    return pa.table([columns[f.name] for f in schema], schema=schema)
 
 
 def sample_examples(
@@ -97,31 +125,33 @@ def sample_examples(
     *,
     incidence: sparse.csc_matrix | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """sample_table's examples as a DataFrame (list columns as arrays), and its latents table."""
+    examples, table = sample_table(tokens, vocab, shard, cfg, latents, incidence=incidence)
+    return examples.to_pandas(), table
+
+
+def sample_table(
+    tokens: np.ndarray,
+    vocab: Vocab | np.ndarray,
+    shard: LatentShard,
+    cfg: dict,
+    latents: Sequence[int] | None = None,
+    *,
+    incidence: sparse.csc_matrix | None = None,
+) -> tuple[pa.Table, pd.DataFrame]:
     """Sample train/test example windows per latent (None = the latents cfg['latents'] selects).
 
+    Returns the examples (an Arrow table with _examples_schema) and the latents table.
     `vocab`: read_vocab's Vocab, or an array of token strings (every token whole characters).
     `incidence` (window_incidence over all shards) is needed by hard_negatives.method cooccurrence.
     Latents with fewer than cfg['min_activations'] activations are `skipped`, with the reason.
     """
     from tqdm.auto import tqdm
 
-    n_seq, ctx_len = tokens.shape
-    if (n_seq, ctx_len) != (shard.n_seq, shard.ctx_len):
-        raise ValueError(
-            f"tokens {tokens.shape} do not match the shard's (n_seq, ctx_len) {shard.n_seq, shard.ctx_len}"
-        )
-    s = _settings(cfg, ctx_len)
+    s = _settings(cfg, tokens.shape[1])
     method, n_hard, top_k = _hard_settings(cfg, s["n_nonactivating"])
     L = s["example_ctx_len"]
-    n_windows = n_seq * (ctx_len // L)
-    if method == "cooccurrence" and (
-        incidence is None or incidence.shape[0] != n_windows or incidence.shape[1] < shard.latent_end
-    ):
-        raise ValueError(
-            f"hard_negatives.method cooccurrence needs the window x latent incidence of all latents "
-            f"({n_windows} windows, >= {shard.latent_end} latents); got "
-            f"{None if incidence is None else incidence.shape}"
-        )
+    n_windows = _check_inputs(tokens, shard, L, method, incidence)
     if latents is None:
         latents = select_latents(shard.latent_start, shard.latent_end, cfg)
     tokens_w = tokens.reshape(n_windows, L)  # [n_windows, L]; window = flat token index // L
@@ -138,29 +168,38 @@ def sample_examples(
         rng = np.random.default_rng([s["seed"], int(latent)])
         hard_score = _hard_scores(method, int(latent), pos, vals, tokens_w, incidence, top_k)
         windows, cols = _sample_windows(pos, vals, n_windows, s, rng, hard_score, n_hard)
-        rows = _example_rows(int(latent), windows, pos, vals, tokens, vocab, L)
-        parts.append(rows | cols)
+        parts.append(_example_rows(int(latent), windows, pos, vals, tokens, vocab, L) | cols)
         status.append((int(latent), n_act, n_win, "ok", ""))
-    # one frame at the end: a DataFrame per latent cost more than sampling the latent
-    examples = (
-        pd.DataFrame({c: _concat([p[c] for p in parts]) for c in EXAMPLE_COLUMNS})
-        if parts
-        else pd.DataFrame(columns=EXAMPLE_COLUMNS)
-    )
+    examples = _examples_table(parts, vocab, L)  # one table at the end, not one per latent
     table = pd.DataFrame(status, columns=LATENT_COLUMNS)
     table = table.astype({"latent": np.int64, "n_activations": np.int64, "n_activating_windows": np.int64})
     _warn_if_short(table, s)
+    n_hard_rows = sum(int((p["negative"] == "hard").sum()) for p in parts)
     n_skipped = int((table.status != "ok").sum())
-    n_hard_rows = int((examples["negative"] == "hard").sum())
-    log.info(
-        "sampled %d latents (%d skipped), %d examples (%d hard negatives, method %s)",
-        len(table),
-        n_skipped,
-        len(examples),
-        n_hard_rows,
-        method,
-    )
-    return examples.astype({"quantile": np.int64, "max_act": np.float32}), table
+    log.info("sampled %d latents (%d skipped), %d examples (%d hard negatives, method %s)",
+             len(table), n_skipped, examples.num_rows, n_hard_rows, method)  # fmt: skip
+    return examples, table
+
+
+def _check_inputs(
+    tokens: np.ndarray, shard: LatentShard, L: int, method: str, incidence: sparse.csc_matrix | None
+) -> int:
+    """Raise if the tokens do not match the shard, or cooccurrence lacks its incidence; the window count."""
+    n_seq, ctx_len = tokens.shape
+    if (n_seq, ctx_len) != (shard.n_seq, shard.ctx_len):
+        raise ValueError(
+            f"tokens {tokens.shape} do not match the shard's (n_seq, ctx_len) {shard.n_seq, shard.ctx_len}"
+        )
+    n_windows = n_seq * (ctx_len // L)
+    if method == "cooccurrence" and (
+        incidence is None or incidence.shape[0] != n_windows or incidence.shape[1] < shard.latent_end
+    ):
+        raise ValueError(
+            f"hard_negatives.method cooccurrence needs the window x latent incidence of all latents "
+            f"({n_windows} windows, >= {shard.latent_end} latents); got "
+            f"{None if incidence is None else incidence.shape}"
+        )
+    return n_windows
 
 
 def _warn_if_short(table: pd.DataFrame, s: dict[str, int]) -> None:

@@ -6,7 +6,7 @@ import logging
 import os
 
 from interpflow.latents import read_shard
-from interpflow.sampling.examples import _examples_schema, sample_examples
+from interpflow.sampling.examples import sample_table
 from interpflow.sampling.hard import window_incidence
 from interpflow.sampling.selection import partner_latents, select_latents, shard_files
 from interpflow.sampling.vocab import read_vocab
@@ -33,6 +33,8 @@ def run_sampling(
     sampled there.
     """
     import time
+
+    import pyarrow.parquet as pq
 
     with open_h5(tokens_path) as f:
         if "tokens" not in f:
@@ -64,7 +66,7 @@ def run_sampling(
         in_range = extra[(extra >= shard.latent_start) & (extra < shard.latent_end)]
         chosen = sorted(set(own) | {int(i) for i in in_range})
         log.info("%d sampled latents + %d cross-layer partners", len(own), len(chosen) - len(own))
-    examples, latents = sample_examples(tokens, vocab, shard, cfg, chosen, incidence=incidence)
+    examples, latents = sample_table(tokens, vocab, shard, cfg, chosen, incidence=incidence)
     with atomic_path(examples_out) as tmp:
-        examples.to_parquet(tmp, index=False, schema=_examples_schema())
+        pq.write_table(examples, tmp)
     write_parquet(latents, latents_out)

@@ -54,39 +54,49 @@ def span_strings(pieces: Sequence[bytes]) -> list[str]:
     return [data[a:b].decode("utf-8", "replace") for a, b in zip(cut[:-1], cut[1:], strict=True)]
 
 
-def window_strings(toks: np.ndarray, vocab: Vocab) -> np.ndarray:
-    """Token strings [m, L] of windows toks [m, L], each window decoded as one span (span_strings).
+def window_string_ids(toks: np.ndarray, vocab: Vocab) -> tuple[np.ndarray, list[str]]:
+    """Token strings of windows toks [m, L] as ids: [m, L] into `vocab.text` followed by the returned extras.
 
-    Windows of whole-character tokens (nearly all) are a lookup; only the others are decoded.
+    Windows of whole-character tokens (nearly all) keep their token ids; only the others are decoded as one
+    span (span_strings) and point at their strings, appended to the extras.
     """
-    strs = vocab.text[toks]  # [m, L]
+    ids = toks.astype(np.int64)  # [m, L]
+    extra: list[str] = []
     for w in np.flatnonzero(~vocab.whole[toks].all(axis=1)):
-        strs[w] = span_strings(vocab.raw[toks[w]])
-    return strs
+        ids[w] = vocab.text.size + len(extra) + np.arange(toks.shape[1])
+        extra += span_strings(vocab.raw[toks[w]])
+    return ids, extra
+
+
+def window_strings(toks: np.ndarray, vocab: Vocab) -> np.ndarray:
+    """Token strings [m, L] of windows toks [m, L], each window decoded as one span (span_strings)."""
+    ids, extra = window_string_ids(toks, vocab)
+    return np.concatenate([vocab.text, np.array(extra, dtype=object)])[ids]
 
 
 def read_vocab(path: str | os.PathLike) -> Vocab:
     """The vocabulary table as a Vocab indexed by token id (ids absent from the table map to '')."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     vocab = read_parquet(path)
     if not {"token_id", "text"} <= set(vocab.columns):
         raise ValueError(f"vocabulary table {path} needs columns token_id, text")
-    text = np.full(int(vocab.token_id.max()) + 1 if len(vocab) else 0, "", dtype=object)
-    text[vocab.token_id.to_numpy()] = vocab.text.to_numpy()
-    out = Vocab.from_texts(text)
+    ids = vocab.token_id.to_numpy()
+    text = np.full(int(ids.max()) + 1 if len(vocab) else 0, "", dtype=object)
+    text[ids] = vocab.text.to_numpy()
     if "bytes" not in vocab.columns:  # written before the column existed
         log.warning("%s has no `bytes` column: tokens holding part of a character show U+FFFD", path)
-        return out
-    raw = vocab["bytes"].to_numpy()
-    if not all(isinstance(b, bytes) for b in raw):
-        raise ValueError(f"vocabulary table {path}: column `bytes` must hold bytes")
-    out.raw[vocab.token_id.to_numpy()] = raw
-    whole = np.array([_decodes_to(b, t) for b, t in zip(out.raw, text, strict=True)], dtype=bool)
-    return Vocab(text, out.raw, whole)
-
-
-def _decodes_to(raw: bytes, text: str) -> bool:
-    """Whether `raw` is valid UTF-8 that decodes to exactly `text`."""
+        return Vocab.from_texts(text)
     try:
-        return raw.decode("utf-8") == text
-    except UnicodeDecodeError:
-        return False
+        raw_col = pa.array(vocab["bytes"])  # type inferred: binary only if every value is bytes
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        raw_col = None
+    if raw_col is None or not pa.types.is_binary(raw_col.type) or raw_col.null_count:
+        raise ValueError(f"vocabulary table {path}: column `bytes` must hold bytes")
+    # whole = the bytes are valid UTF-8 decoding to exactly the text, i.e. the text's UTF-8 is the bytes
+    whole_col = pc.equal(pc.cast(pa.array(vocab.text, pa.string()), pa.binary()), raw_col)
+    raw, whole = np.full(text.size, b"", dtype=object), np.ones(text.size, bool)
+    raw[ids] = vocab["bytes"].to_numpy()
+    whole[ids] = whole_col.fill_null(False).to_numpy(zero_copy_only=False)
+    return Vocab(text, raw, whole)
