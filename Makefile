@@ -43,7 +43,7 @@ run: setup
 # The tests include a real one-node SLURM cluster (as root), so they need the SLURM executor plugin.
 test: setup chromium
 	@$(PY) -c "import snakemake_executor_plugin_slurm" 2>/dev/null || $(PIP) install -q -e ".[slurm]"
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q --durations=25  # the slowest tests, in CI's log too
 
 # The browser's tests drive Debian's Chromium (never a browser a test tool downloads); as root, or with sudo.
 chromium:
