@@ -19,7 +19,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 
-.PHONY: setup run test lint bench validity estimate clean readme chromium serve paper
+.PHONY: setup run test lint bench sae-sweep validity estimate clean readme chromium serve paper
 
 setup: $(STAMP)
 
@@ -57,6 +57,11 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/run.py
+
+# The SAE trainer's optimizers and learning rates on the default run's layer-9 activations (run `make run`
+# first): held-out fvu, dead latents and tokens/s, into benchmarks/sae_sweep.json and the README.
+sae-sweep: setup
+	$(PY) benchmarks/sae_sweep.py
 
 # The planted-latent benchmark (issue 13): probes of token properties as latents, through the real workflow.
 validity: setup

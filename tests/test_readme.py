@@ -139,3 +139,22 @@ def test_the_paper_table_and_its_time_are_spliced_from_the_page(tmp_path):
     assert "stale" not in text and text.startswith("top\n") and text.endswith(f"{PAPER_END}\nend\n")
     assert "| random explanation | 0.547 [0.310, 0.620] | 0.510 | 0.562 [0.310, 0.620] | 0.510 | 15 |" in text
     assert "took 121 minutes" in text and "| 10 |" not in text  # only Table A10
+
+
+def test_the_sae_sweep_table_is_spliced_from_its_json(tmp_path):
+    import json
+
+    from interpflow.readme import SWEEP_BEGIN, SWEEP_END, update_sae_sweep
+
+    row = dict(variant="adam, 5x", optimizer="adam", lr=0.002, tokens=204800, held_out_fvu=0.03041,
+               held_out_never_fired=0.0278, dead_fraction=0.0066, tokens_per_s=1716.4)  # fmt: skip
+    about = dict(activations="a.h5", tokens=204800, epochs=1, width=4096, k=32, held_out=40960, threads=2,
+                 rows=[row])  # fmt: skip
+    (tmp_path / "sweep.json").write_text(json.dumps(about))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"top\n{SWEEP_BEGIN}\nstale\n{SWEEP_END}\nend\n")
+    update_sae_sweep(readme, tmp_path / "sweep.json")
+    text = readme.read_text()
+    assert "stale" not in text and text.startswith("top\n") and text.endswith(f"{SWEEP_END}\nend\n")
+    assert "| adam, 5x | 2.00e-03 | 0.0304 | 0.028 | 0.007 | 1,716 |" in text
+    assert "4,096-latent TopK SAE (k = 32) trained on 204,800 tokens x 1 epoch(s)" in text

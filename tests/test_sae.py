@@ -118,9 +118,24 @@ def test_input_scale_and_unit_decoder_rows_after_training():
     assert sae.input_scale == pytest.approx(estimate_input_scale(x[:1000]))
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(32), atol=1e-5, rtol=0)
     assert metrics["tokens_trained"] == 4096 and 0 < metrics["fvu"] < 1
+    assert metrics["epochs"] == []  # no n_tokens: epochs unknown
     sae.W_dec.grad = torch.randn(32, 16)
     sae.remove_gradient_parallel_to_decoder_directions()
     torch.testing.assert_close((sae.W_dec.grad * sae.W_dec).sum(1), torch.zeros(32), atol=1e-5, rtol=0)
+
+
+def test_metrics_per_epoch():
+    """Two epochs over the same rows: each epoch's mean fvu, L0 and the dead fraction at its end."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2048, 16)).astype(np.float32)
+    batches = [x[i : i + 256] for i in range(0, len(x), 256)] * 2
+    cfg = {"width": 64, "k": 4, "epochs": 2, "dead_tokens": 10**6, "seed": 0}
+    _, metrics = train_sae(batches, 16, cfg, n_tokens=4096, sample_for_init=x)
+    first, second = metrics["epochs"]
+    assert (first["epoch"], first["tokens"], second["epoch"], second["tokens"]) == (1, 2048, 2, 4096)
+    assert second["fvu"] < first["fvu"] < 1  # the second epoch's batches were trained on before
+    assert 0 < first["l0"] <= 4 and 0 < second["l0"] <= 4
+    assert first["dead_fraction"] == second["dead_fraction"] == 0.0  # dead_tokens above the run's length
 
 
 def _planted(rng: np.random.Generator, n: int, truth: np.ndarray, active: int = 3) -> np.ndarray:

@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from interpflow.defaults import SCHEMA
+from interpflow.defaults import SCHEMA, read_yaml
 
 RUN_LISTS = {
     "hookpoints": None,
@@ -27,11 +27,9 @@ def validate_schema(config: dict, schema_path: str | os.PathLike = SCHEMA) -> No
     """Check the config against the JSON schema and fill in its defaults (snakemake.utils.validate), but
     fail with one line per problem naming the key, not Snakemake's dump of the whole schema."""
     import jsonschema
-    import yaml
     from snakemake.utils import validate
 
-    # libyaml's C loader where PyYAML has it: 10x faster, and every Snakemake start validates
-    schema = yaml.load(Path(schema_path).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    schema = read_yaml(schema_path)
     validator = jsonschema.validators.validator_for(schema)(schema)
     problems = []
     for err in sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path]):

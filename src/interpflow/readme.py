@@ -23,6 +23,7 @@ from interpflow.store import atomic_path, read_parquet
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 VALIDITY_BEGIN, VALIDITY_END = "<!-- validity:begin -->", "<!-- validity:end -->"
 PAPER_BEGIN, PAPER_END = "<!-- paper:begin -->", "<!-- paper:end -->"
+SWEEP_BEGIN, SWEEP_END = "<!-- sae-sweep:begin -->", "<!-- sae-sweep:end -->"
 SCORER_ORDER = ("detection", "fuzzing", "simulation", "embedding", "surprisal", "intervention")
 
 
@@ -171,6 +172,28 @@ def validity_block(validity_json: str | Path) -> str:
     n, config = len(about["planted"]), Path(about["config"]).name
     head = f"`make validity` with `config/{config}` ({n} latents: planted probes and their controls):"
     return "\n\n".join([head, _markdown(["measure", "value", "target", "met"], rows), "\n".join(notes)])
+
+
+def sae_sweep_block(sweep_json: str | Path) -> str:
+    """The SAE optimizer sweep (benchmarks/sae_sweep.json, written by `make sae-sweep`) as Markdown."""
+    import json
+
+    about = json.loads(Path(sweep_json).read_text(encoding="utf-8"))
+    rows = [[r["variant"], f"{r['lr']:.2e}", _num(r["held_out_fvu"], 4), _num(r["held_out_never_fired"], 3),
+             _num(r["dead_fraction"], 3), f"{r['tokens_per_s']:,.0f}"] for r in about["rows"]]  # fmt: skip
+    head = (
+        f"`make sae-sweep`: a {about['width']:,}-latent TopK SAE (k = {about['k']}) trained on "
+        f"{about['tokens']:,} tokens x {about['epochs']} epoch(s) of `{about['activations']}`, "
+        f"measured on {about['held_out']:,} held-out tokens ({about['threads']} CPU threads):"
+    )
+    cols = ["optimizer, rate", "lr", "held-out fvu", "never fire (held out)", "dead (training)", "tokens/s"]
+    return f"{head}\n\n{_markdown(cols, rows)}"
+
+
+def update_sae_sweep(readme: str | Path, sweep_json: str | Path) -> None:
+    """Replace the README's SAE sweep block with the table of `sweep_json`; atomic."""
+    note = "<!-- generated from benchmarks/sae_sweep.json by `make sae-sweep`: do not edit by hand -->"
+    _replace_block(Path(readme), SWEEP_BEGIN, SWEEP_END, sae_sweep_block(sweep_json), note)
 
 
 def paper_block(paper_dir: str | Path, seconds_file: str | Path | None = None) -> str:

@@ -8,7 +8,7 @@ import math
 import time
 import zlib
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -22,9 +22,9 @@ __all__ = ["geometric_median", "estimate_input_scale", "train_sae"]
 
 log = logging.getLogger(__name__)
 
-# Learning rates at 2^14 latents. adam: Gao et al.'s; signum: 1/4 of sparsify's 5e-3, which left 43% of a
-# 4k-latent SAE dead on Gemma 3 270M (layer 9, 200k tokens); at 1/4 it had 0.2% dead and a held-out fvu of
-# 0.014 against Adam's 0.034 (notes in the issue tracker, issue 12)
+# Learning rates at 2^14 latents. adam: Gao et al.'s. signum: 1/4 of sparsify's 5e-3, chosen by `make
+# sae-sweep` (README): on the default run's layer 9 it had the lowest held-out fvu but one of the settings
+# with < 1% of latents never firing, where sparsify's rate left a third of them silent.
 LR_BASE = {"adam": 2e-4, "signum": 1.25e-3}
 
 
@@ -57,7 +57,7 @@ def _train_cfg(cfg: dict, d_in: int, n_tokens: int | None) -> dict[str, Any]:
         raise ValueError(f"SAE config: k ({k}) must not exceed width ({width})")
     cfg = with_defaults("dictionaries", cfg)
     if cfg["optimizer"] not in LR_BASE:
-        raise ValueError(f"SAE config key 'optimizer' must be one of {sorted(LR_BASE)}, got {cfg['optimizer']!r}")
+        raise ValueError(f"SAE config key 'optimizer' must be one of {sorted(LR_BASE)}: {cfg['optimizer']!r}")
     dead_default = 10_000_000 if n_tokens is None else max(1, min(10_000_000, n_tokens // 4))
     c = {
         "width": width,
@@ -150,6 +150,27 @@ def init_sae(sample: np.ndarray, d_in: int, width: int, k: int, seed: int) -> To
     return sae
 
 
+class EpochStats:
+    """Per epoch: the mean fvu and L0 (positive latents per token) of its batches, each measured before the
+    step that trains on it, and the dead fraction at its end; logged, and kept for the metrics."""
+
+    def __init__(self, tokens_per_epoch: int | None):
+        self.size, self.rows = tokens_per_epoch, []
+        self._fvu, self._l0, self._batches = 0.0, 0.0, 0
+
+    def add(self, out: Any, seen: int, dead_fraction: Callable[[], float]) -> None:
+        self._fvu = out.fvu.detach() + self._fvu  # device tensors: no sync per step
+        self._l0 = (out.top_values > 0).sum(1).float().mean() + self._l0
+        self._batches += 1
+        if self.size and seen >= self.size * (len(self.rows) + 1):
+            row = {"epoch": len(self.rows) + 1, "tokens": seen, "fvu": float(self._fvu) / self._batches,
+                   "l0": float(self._l0) / self._batches, "dead_fraction": dead_fraction()}  # fmt: skip
+            msg = "epoch %(epoch)d, %(tokens)d tokens: fvu %(fvu).4f, L0 %(l0).1f, dead %(dead_fraction).3f"
+            log.info(msg, row)
+            self.rows.append(row)
+            self._fvu, self._l0, self._batches = 0.0, 0.0, 0
+
+
 def train_sae(
     batches: Iterable[np.ndarray | Tensor],
     d_in: int,
@@ -166,30 +187,27 @@ def train_sae(
     sae = init_sae(sample_for_init, d_in, c["width"], c["k"], c["seed"]).to(device)
     opt = make_optimizer(sae, c)
     since_fired = torch.zeros(c["width"], dtype=torch.long, device=device)  # tokens since each latent fired
+    dead_fraction = lambda: float((since_fired >= c["dead_tokens"]).float().mean())  # noqa: E731
     n_steps = None if n_tokens is None else math.ceil(n_tokens / c["batch_size"])
     log_every = max(1, (n_steps or 2000) // 20)
     # fvu of a batch is measured before the step that trains on it, so in the first epoch it is held out.
     recent = deque(maxlen=max(1, min(50, (n_steps or 200) // 10)))
+    epochs = EpochStats(None if n_tokens is None else n_tokens // c["epochs"])
     seen, t0 = 0, time.perf_counter()
     bar = tqdm(total=n_tokens, unit="tok", unit_scale=True, desc="train SAE", mininterval=2.0)
     for step, batch in enumerate(batches):
         x = torch.as_tensor(batch).to(device, torch.float32, non_blocking=True)
-        dead = since_fired >= c["dead_tokens"]
-        out = _train_step(sae, opt, x, dead, c)
+        out = _train_step(sae, opt, x, since_fired >= c["dead_tokens"], c)
         since_fired += len(x)
         since_fired[out.top_indices.flatten()] = 0
         seen += len(x)
         recent.append(out.fvu.detach())
+        epochs.add(out, seen, dead_fraction)
         bar.update(len(x))
         if (step + 1) % log_every == 0:
             fvu_now = _finite_mean(recent, seen)  # one device sync per log line
-            log.info(
-                "tokens %d  fvu %.4f  dead %.3f  %.0f tok/s",
-                seen,
-                fvu_now,
-                float(dead.float().mean()),
-                seen / (time.perf_counter() - t0),
-            )
+            log.info("tokens %d  fvu %.4f  dead %.3f  %.0f tok/s",
+                     seen, fvu_now, dead_fraction(), seen / (time.perf_counter() - t0))  # fmt: skip
     bar.close()
     if seen == 0:
         raise ValueError("train_sae got no batches")
@@ -198,16 +216,12 @@ def train_sae(
         sae.set_decoder_norm_to_unit()
     metrics = {
         "fvu": _finite_mean(recent, seen),
-        "dead_fraction": float((since_fired >= c["dead_tokens"]).float().mean()),
+        "dead_fraction": dead_fraction(),
         "tokens_trained": seen,
         "seconds": time.perf_counter() - t0,
+        "epochs": epochs.rows,
         "train": c,
     }
-    log.info(
-        "trained SAE on %d tokens: fvu %.4f, dead fraction %.3f, %.0f tok/s",
-        seen,
-        metrics["fvu"],
-        metrics["dead_fraction"],
-        seen / metrics["seconds"],
-    )
+    log.info("trained SAE on %d tokens: fvu %.4f, dead fraction %.3f, %.0f tok/s",
+             seen, metrics["fvu"], metrics["dead_fraction"], seen / metrics["seconds"])  # fmt: skip
     return sae, metrics
