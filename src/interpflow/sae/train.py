@@ -23,8 +23,8 @@ __all__ = ["geometric_median", "estimate_input_scale", "train_sae"]
 log = logging.getLogger(__name__)
 
 # Learning rates at 2^14 latents. adam: Gao et al.'s. signum: 1/4 of sparsify's 5e-3, chosen by `make
-# sae-sweep` (README): on the default run's layer 9 it had the lowest held-out fvu but one of the settings
-# with < 1% of latents never firing, where sparsify's rate left a third of them silent.
+# sae-sweep` (README): on the default run's layer 9, the lowest held-out fvu among the settings that left
+# < 1% of latents silent; sparsify's own rate left a third of them silent.
 LR_BASE = {"adam": 2e-4, "signum": 1.25e-3}
 
 
