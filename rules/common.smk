@@ -273,9 +273,20 @@ def explanations_file(w):
     return path.format(hookpoint=w.hookpoint, layer=layer, dictionary=w.dictionary)
 
 
+def trained_saes():
+    """One record per SAE trained in the runs (topk-sae at a hookpoint): its keys and its cfg.json."""
+    keys, seen = ("corpus", "model", "hookpoint", "dictionary"), {}
+    for c in run_combinations(config):
+        if config["dictionaries"][c["dictionary"]]["kind"] == "topk-sae":
+            key = tuple(c[k] for k in keys)
+            seen[key] = dict(zip(keys, key), cfg="results/{}/{}/{}/{}/sae/cfg.json".format(*key))
+    return list(seen.values())
+
+
 def all_targets():
     return [
         *rules.summarize.output,
+        *(rules.sae_training.output if trained_saes() else []),
         *(rules.summarize_crosslayer.output if layer_pairs() else []),
         *rules.browser.output,
         *export_targets(),

@@ -15,6 +15,23 @@ rule estimate:
         "../workflow/scripts/estimate.py"
 
 
+# How each trained SAE trained, per epoch (its cfg.json keeps the trainer's metrics).
+rule sae_training:
+    input:
+        cfgs=[r["cfg"] for r in trained_saes()],
+        code=code_of("../workflow/scripts/sae_training.py"),
+    output:
+        "results/summary/sae_training.parquet",
+    log:
+        "logs/summary/sae_training.log",
+    conda:
+        "../envs/interpflow.yaml"
+    params:
+        records=trained_saes(),
+    script:
+        "../workflow/scripts/sae_training.py"
+
+
 rule summarize:
     input:
         metrics=[r["metrics"] for r in scored_shards()],

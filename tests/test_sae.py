@@ -6,6 +6,7 @@ import json
 
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -293,3 +294,22 @@ def test_nan_activations_stop_training():
     bad[3, 2] = np.nan
     with pytest.raises(ValueError, match="diverged"):
         train_sae([x, bad, x], 8, {"width": 16, "k": 2}, sample_for_init=x)
+
+
+def test_training_table_reads_each_saes_epochs(tmp_path):
+    """The summary's per-epoch table comes from the metrics train_sae keeps in the saved cfg.json."""
+    from interpflow.sae.summary import training_table
+
+    x = np.random.default_rng(6).standard_normal((1024, 8)).astype(np.float32)
+    batches = [x[i : i + 256] for i in range(0, len(x), 256)] * 2
+    sae, metrics = train_sae(batches, 8, {"width": 16, "k": 2, "epochs": 2}, n_tokens=2048, sample_for_init=x)
+    sae.save(tmp_path / "sae", extra_cfg=metrics)
+    record = dict(corpus="c", model="m", hookpoint="h", dictionary="d", cfg=tmp_path / "sae/cfg.json")
+    table = training_table([record], tmp_path / "out.parquet")
+    assert table["epoch"].tolist() == [1, 2] and table["tokens"].tolist() == [1024, 2048]
+    assert table["fvu"].tolist() == [e["fvu"] for e in metrics["epochs"]]
+    assert (table["optimizer"] == "signum").all() and (table["tokens_trained"] == 2048).all()
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "out.parquet"), table)
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="bad.json"):
+        training_table([dict(record, cfg=tmp_path / "bad.json")], tmp_path / "out2.parquet")

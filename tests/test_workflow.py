@@ -89,6 +89,10 @@ def test_full_run_produces_every_output(tiny):
     assert (summary["scorer"] == summary["kind"]).all()
     explanations = pd.concat(pd.read_parquet(p) for p in base.glob("small/qwen/explanations-*.parquet"))
     assert len(explanations) == 4
+    training = pd.read_parquet(work / "results/summary/sae_training.parquet")  # the two trained layers
+    assert sorted(set(training["hookpoint"])) == ["resid_post.2", "resid_post.3"]
+    assert training.groupby("hookpoint")["epoch"].apply(list).to_dict()["resid_post.3"] == [1, 2, 3]
+    assert (training["optimizer"] == "signum").all() and training["fvu"].between(0, 1).all()
     # every latent ends with an explanation or an explicit status; scored latents have real metrics
     assert explanations["status"].isin(["ok", "skipped", "parse_error", "llm_error"]).all()
     ok = summary[summary["status"] == "ok"]
@@ -248,7 +252,8 @@ def test_new_layer_adds_only_its_chain(tiny):
     changed = yaml.safe_load(yaml.safe_dump(config))
     changed["runs"][0]["hookpoints"] = ["resid_post.3", "resid_post.5"]
     jobs = planned_jobs(work, changed)
-    summaries = ("all", "estimate", "summarize", "summarize_crosslayer", "browser", "export_table", "paper")
+    summaries = ("all", "estimate", "summarize", "summarize_crosslayer", "sae_training", "browser",
+                 "export_table", "paper")  # fmt: skip
     outside = [(rule, out) for rule, out in jobs if rule not in summaries and "resid_post.5" not in out]
     # only resid_post.3's pages of that run follow: they now link each latent to its resid_post.5 partner
     assert {rule for rule, _ in outside} <= {"browser_shard"}
@@ -264,7 +269,7 @@ def test_changed_layer_reruns_that_chain_only(tiny):
     jobs = planned_jobs(work, changed)
     # resid_post.3's unit keeps its baselines but loses qwen: its pages and records are rebuilt, nothing else
     outside = {(rule, out) for rule, out in jobs if "resid_post.4" not in out}
-    summaries = {"all", "estimate", "summarize", "browser", "export_table", "paper"}
+    summaries = {"all", "estimate", "summarize", "sae_training", "browser", "export_table", "paper"}
     assert all(rule in summaries or "/resid_post.3/topk-128/small" in out for rule, out in outside)
     assert {rule for rule, _ in outside} - summaries <= {"browser_shard", "export_neuronpedia"}
     assert "tokenize_corpus" not in rules_of(jobs)
