@@ -6,6 +6,7 @@ Modules, each importing only those above it:
 - `train`: the initialisation, the training config and the training loop, train_sae
 - `batches`: shuffled training batches and the initialisation sample read from activations.h5
 - `step`: the workflow steps, train_sae_from_h5 and random_sae_from_h5 (the untrained control)
+- `summary`: training_table, every trained SAE's fvu, L0 and dead fraction per epoch (sae_training.parquet)
 
 This file imports nothing: the workflow gives each rule the files of its script's import closure as inputs,
 so importing one submodule must not pull in the others.
