@@ -104,3 +104,14 @@ def test_headline_is_auroc_where_p_yes_exists():
     no_p = [_pred(2, True, True, "ok"), _pred(2, False, True, "ok")]
     out = latent_metrics(pd.DataFrame(no_p).astype({"prediction": "boolean"}), "detection").iloc[0]
     assert (out.score, out.score_metric) == (0.5, "balanced_accuracy")
+
+
+def test_one_class_test_is_constant_truth_not_a_score():
+    """A latent active in every window (a dense neuron) gets no non-activating test window: a judge saying
+    yes everywhere would score 1, so the latent is set aside as constant_truth instead of scored."""
+    rows = [_pred(5, True, True, "ok", 0.9), _pred(5, True, True, "ok", 0.8), _pred(6, True, True, "ok", 0.9),
+            _pred(6, False, False, "ok", 0.2)]  # fmt: skip
+    pred = pd.DataFrame(rows).astype({"prediction": "boolean"})
+    out = latent_metrics(pred, "detection").set_index("latent")
+    assert out.loc[5, "status"] == "constant_truth" and out.loc[6, "status"] == "ok"
+    assert out.loc[6, "score"] == 1.0

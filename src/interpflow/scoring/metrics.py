@@ -121,6 +121,8 @@ def latent_metrics(
         m = binary_metrics(truth, pred, ranking(g[ok]))
         # nothing scored: the latent carries its most common failure instead of "ok"
         status = "ok" if ok.any() else str(g.loc[~ok, "status"].value_counts().index[0])
+        if ok.any() and (truth.all() or not truth.any()):
+            status = "constant_truth"  # one class only (e.g. a dense neuron: no silent window): no test
         rows.append(
             dict(latent=int(lat), scorer=scorer, kind=kind, status=status, n_failed=int((~ok).sum()), **m)
             | _headline(m)
