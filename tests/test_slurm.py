@@ -23,7 +23,7 @@ pytest.importorskip("snakemake_executor_plugin_slurm", reason="the slurm extra i
 # Tables whose content must not depend on where the jobs ran (relative to the working directory).
 TABLES = ["results/summary/*.parquet", "results/**/explanations-*.parquet", "results/**/metrics-*.parquet"]
 EXPLAINED = ["explanations", "embedding/metrics", "surprisal/metrics"]  # per shard
-TIMING_COLUMNS = ["latency_s"]  # wall-clock seconds differ from run to run wherever the job runs
+TIMING_COLUMNS = ["latency_s", "seconds", "tokens_per_s"]  # wall-clock seconds differ from run to run wherever the job runs
 # Rules that run a model: never local rules, always SLURM jobs.
 MODEL_RULES = ["prepare_model", "cache_activations", "train_sae", "encode_latents", "score_surprisal"]
 
