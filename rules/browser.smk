@@ -12,7 +12,7 @@ rule browser_shard:
         "logs/browser/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/shard-{shard}.log",
     conda:
         "../envs/interpflow.yaml"
-    threads: 2
+    threads: 1  # pages and a few short embeddings: two such jobs at once beat one on two threads
     resources:
         mem_mb=lambda w, attempt: 4000 * attempt,
     params:

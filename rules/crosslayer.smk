@@ -33,7 +33,7 @@ rule compare_layer_explanations:
         "logs/{corpus}/{model}/crosslayer/{dictionary}/{hookpoint_a}__{hookpoint_b}/{sampler}/{explainer}/similarity.log",
     conda:
         "../envs/interpflow.yaml"
-    threads: 2
+    threads: 1  # embeds a few explanations: leaves the other core to another job
     resources:
         mem_mb=lambda w, attempt: 4000 * attempt,
     params:

@@ -39,7 +39,7 @@ rule score_embedding:
         scorer=names_of("scorers", "embedding"),
     conda:
         "../envs/interpflow.yaml"
-    threads: 2
+    threads: 1  # a small embedder: jobs run side by side rather than one on two threads
     resources:
         mem_mb=lambda w, attempt: 4000 * attempt,
     params:
