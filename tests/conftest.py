@@ -26,16 +26,26 @@ def smollm2_spec(tmp_path_factory) -> Path:
     return out / "model.json"
 
 
-@pytest.fixture(scope="session")
-def qwen_gguf(tmp_path_factory) -> Path:
-    """The default local explainer/judge GGUF, assembled once per session (or reused from a default run)."""
+def local_gguf(name: str, tmp_path_factory) -> Path:
+    """A local model's GGUF, reused from a run of this checkout or assembled into the session's tmp."""
     from interpflow.llm.local_parts import assemble_local_model
 
-    done = REPO / "results/llm/qwen2.5-coder-1.5b-instruct.gguf"
+    done = REPO / f"results/llm/{name}.gguf"
     if done.is_file():
         return done
-    out = tmp_path_factory.mktemp("llm") / "qwen2.5-coder-1.5b-instruct.gguf"
-    return assemble_local_model("qwen2.5-coder-1.5b-instruct", out)
+    return assemble_local_model(name, tmp_path_factory.mktemp("llm") / f"{name}.gguf")
+
+
+@pytest.fixture(scope="session")
+def qwen_gguf(tmp_path_factory) -> Path:
+    """The default local explainer/judge GGUF (Qwen2.5-Coder-1.5B), assembled once per session."""
+    return local_gguf("qwen2.5-coder-1.5b-instruct", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def small_gguf(tmp_path_factory) -> Path:
+    """Qwen2.5-Coder-0.5B's GGUF: about 3x faster, for runs that test the plumbing, not the judging."""
+    return local_gguf("qwen2.5-coder-0.5b-instruct", tmp_path_factory)
 
 
 def completion(text: str | None, **fields):

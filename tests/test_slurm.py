@@ -23,20 +23,31 @@ pytest.importorskip("snakemake_executor_plugin_slurm", reason="the slurm extra i
 # Tables whose content must not depend on where the jobs ran (relative to the working directory).
 TABLES = ["results/summary/*.parquet", "results/**/explanations-*.parquet", "results/**/metrics-*.parquet"]
 EXPLAINED = ["explanations", "embedding/metrics", "surprisal/metrics"]  # per shard
-TIMING_COLUMNS = ["latency_s", "seconds", "tokens_per_s"]  # wall-clock seconds differ from run to run wherever the job runs
+# wall-clock seconds differ from run to run wherever the job runs
+TIMING_COLUMNS = ["latency_s", "seconds", "tokens_per_s"]
 # Rules that run a model: never local rules, always SLURM jobs.
 MODEL_RULES = ["prepare_model", "cache_activations", "train_sae", "encode_latents", "score_surprisal"]
 
 
-def snakemake(work: Path, *args: str, env: dict[str, str] | None = None) -> str:
-    """Run snakemake in work; its log, or an AssertionError carrying the end of it."""
+def start_snakemake(work: Path, *args: str, env: dict[str, str] | None = None):
+    """Start snakemake in work: (process, its stdout file, its stderr file), the files beside work."""
+    out, err = (open(work.parent / f"{work.name}.{name}", "w+") for name in ("out", "err"))
     cmd = [sys.executable, "-m", "snakemake", *args]
-    # a job SLURM can never place pends forever: fail instead (the fixture cancels what is left)
-    result = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
-    if result.returncode != 0:
-        tail = f"{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{tail}")
-    return result.stderr
+    return subprocess.Popen(cmd, cwd=work, env=env, stdout=out, stderr=err, text=True), out, err
+
+
+def finish(run) -> str:
+    """Wait for a started snakemake; its log, or an AssertionError carrying the end of it."""
+    proc, out, err = run
+    try:
+        # a job SLURM can never place pends forever: fail instead (the fixture cancels what is left)
+        proc.wait(timeout=600)
+    finally:
+        proc.kill()
+    stdout, stderr = (f.seek(0) or f.read() for f in (out, err))
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(proc.args)} failed:\n{stdout[-3000:]}\n{stderr[-6000:]}")
+    return stderr
 
 
 def workflow_copy(dest: Path) -> Path:
@@ -66,18 +77,23 @@ def read_tables(work: Path) -> dict[str, pd.DataFrame]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, slurm_cluster):  # noqa: F811  (the imported fixture)
     """(local workflow dir, SLURM workflow dir, cluster, {"local": log, "slurm": log}) after both runs."""
+    # the local run goes on while the SLURM run mostly waits on the scheduler: the two share no file
     local = workflow_copy(tmp_path_factory.mktemp("local"))
-    local_log = snakemake(local, "--cores", "2")
+    local_run = start_snakemake(local, "--cores", "2")
     remote = workflow_copy(tmp_path_factory.mktemp("slurm"))
     profile = cluster_profile(remote)
-    run_log = snakemake(
+    slurm_run = start_snakemake(
         remote, "--workflow-profile", str(profile), "--slurm-no-account",
         "--cores", str(slurm_cluster.cpus),  # the node's CPUs: the most one job (or group job) may ask for
         "--slurm-status-command", "squeue",  # accounting is off: no sacct
         "--slurm-init-seconds-before-status-checks", "1", "--slurm-keep-successful-logs",
         env=slurm_cluster.env,
     )  # fmt: skip
-    return local, remote, slurm_cluster, {"local": local_log, "slurm": run_log}
+    try:
+        logs = {"local": finish(local_run), "slurm": finish(slurm_run)}
+    finally:
+        slurm_run[0].kill()  # when the local run failed first
+    return local, remote, slurm_cluster, logs
 
 
 def test_slurm_run_writes_the_same_tables_as_a_local_run(runs):

@@ -40,13 +40,13 @@ def planned_jobs(work, config: dict) -> list[tuple[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, qwen_gguf):
+def tiny(tmp_path_factory, small_gguf):
     work = copy_workflow(tmp_path_factory.mktemp("workflow"))
     config = yaml.safe_load((REPO / "tests/data/tiny.yaml").read_text())
     for section in ("explainers", "scorers"):
         for entry in config[section].values():
             if "llm" in entry:
-                entry["llm"]["gguf"] = str(qwen_gguf)
+                entry["llm"]["gguf"] = str(small_gguf)
     (work / "config/config.yaml").write_text(yaml.safe_dump(config))
     result = snakemake(work)
     (work / "run.out").write_text(result.stdout + result.stderr)  # the terminal of the run
