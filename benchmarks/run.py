@@ -22,6 +22,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from interpflow.readme import bench_table, update_bench
+
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 CACHE = BENCH / ".cache"
@@ -628,24 +630,6 @@ def row(name: str, value: float | None, target: str, met: bool | None, note: str
     }
 
 
-def table(rows: list[dict]) -> str:
-    """The rows as one Markdown table."""
-    head = ["benchmark", "measured", "target", "met", "details"]
-    lines = [
-        [
-            r["benchmark"],
-            r["shown"],
-            r["target"],
-            {True: "met", False: "NOT met", None: "-"}[r["met"]],
-            r["note"],
-        ]
-        for r in rows
-    ]
-    widths = [max(len(x) for x in col) for col in zip(head, *lines, strict=True)]
-    fmt = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"  # noqa: E731
-    return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *map(fmt, lines)])
-
-
 def write_json(data: dict) -> None:
     """Write results.json atomically (a crash never leaves half a file)."""
     fd, tmp = tempfile.mkstemp(prefix=".results.", suffix=".tmp", dir=BENCH)
@@ -720,7 +704,8 @@ def main() -> None:
             "errors": errors,
         }
     )
-    sys.stdout.write(table(rows) + "\n")
+    sys.stdout.write(bench_table(rows) + "\n")
+    update_bench(BENCH.parent / "README.md", RESULTS)
     log(f"done in {time.perf_counter() - t0:.0f} s; full numbers in {RESULTS}")
 
 

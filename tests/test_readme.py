@@ -141,8 +141,19 @@ def test_the_paper_table_and_its_time_are_spliced_from_the_page(tmp_path):
     assert "took 121 minutes" in text and "| 10 |" not in text  # only Table A10
 
 
-def test_the_sae_sweep_table_is_spliced_from_its_json(tmp_path):
+def spliced_from_json(tmp_path, about: dict, begin: str, end: str, update) -> str:
+    """The README text after `update(readme, json)` replaced a stale block between begin and end."""
     import json
+
+    (tmp_path / "about.json").write_text(json.dumps(about))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"top\n{begin}\n| stale | 5.44x |\n{end}\nend\n")
+    update(readme, tmp_path / "about.json")
+    text = readme.read_text()
+    assert "stale" not in text and text.startswith("top\n") and text.endswith(f"{end}\nend\n")
+    return text
+
+def test_the_sae_sweep_table_is_spliced_from_its_json(tmp_path):
 
     from interpflow.readme import SWEEP_BEGIN, SWEEP_END, update_sae_sweep
 
@@ -150,11 +161,30 @@ def test_the_sae_sweep_table_is_spliced_from_its_json(tmp_path):
                held_out_never_fired=0.0278, dead_fraction=0.0066, tokens_per_s=1716.4)  # fmt: skip
     about = dict(activations="a.h5", tokens=204800, epochs=1, width=4096, k=32, held_out=40960, threads=2,
                  rows=[row])  # fmt: skip
-    (tmp_path / "sweep.json").write_text(json.dumps(about))
-    readme = tmp_path / "README.md"
-    readme.write_text(f"top\n{SWEEP_BEGIN}\nstale\n{SWEEP_END}\nend\n")
-    update_sae_sweep(readme, tmp_path / "sweep.json")
-    text = readme.read_text()
-    assert "stale" not in text and text.startswith("top\n") and text.endswith(f"{SWEEP_END}\nend\n")
+    text = spliced_from_json(tmp_path, about, SWEEP_BEGIN, SWEEP_END, update_sae_sweep)
     assert "| adam, 5x | 2.00e-03 | 0.0304 | 0.028 | 0.007 | 1,716 |" in text
     assert "4,096-latent TopK SAE (k = 32) trained on 204,800 tokens x 1 epoch(s)" in text
+
+
+def test_the_bench_table_is_spliced_from_its_results(tmp_path):
+    """The README's benchmark table is `make bench`'s rows as run.py records them, never typed."""
+
+    from interpflow.readme import BENCH_BEGIN, BENCH_END, update_bench
+
+    rows = [
+        dict(benchmark="SAE training vs sparsify", value=1.07, shown="1.07x", target=">= 1x", met=True,
+             note="2,400 vs 2,250 tokens/s"),
+        dict(benchmark="example construction vs delphi", value=8.2, shown="8.20x", target=">= 10x", met=False,
+             note="700 vs 85 latents/s"),
+        dict(benchmark="LLM concurrency", value=None, shown="n/a", target=">= 0.9", met=None,
+             note="not available: no server"),
+    ]  # fmt: skip
+    about = dict(date="2026-12-07 17:00:00", seconds=1500.0, cpus=2, sizes={"threads": 2},
+                 peers={"delphi": "eai-delphi==0.1.3", "sparsify": "eai-sparsify==1.3.3", "deps": ["x"]},
+                 rows=rows, errors={"dryrun": "boom"})  # fmt: skip
+    text = spliced_from_json(tmp_path, about, BENCH_BEGIN, BENCH_END, update_bench)
+    assert "| SAE training vs sparsify | 1.07x | >= 1x | met | 2,400 vs 2,250 tokens/s |" in text
+    assert "| example construction vs delphi | 8.20x | >= 10x | **not met** | 700 vs 85 latents/s |" in text
+    assert "| LLM concurrency | n/a | >= 0.9 | - | not available: no server |" in text
+    assert "2026-12-07 17:00:00 (25 minutes, 2 CPU cores" in text and "eai-sparsify==1.3.3)" in text
+    assert "- dryrun failed: boom" in text

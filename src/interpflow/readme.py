@@ -24,6 +24,7 @@ BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 VALIDITY_BEGIN, VALIDITY_END = "<!-- validity:begin -->", "<!-- validity:end -->"
 PAPER_BEGIN, PAPER_END = "<!-- paper:begin -->", "<!-- paper:end -->"
 SWEEP_BEGIN, SWEEP_END = "<!-- sae-sweep:begin -->", "<!-- sae-sweep:end -->"
+BENCH_BEGIN, BENCH_END = "<!-- bench:begin -->", "<!-- bench:end -->"
 SCORER_ORDER = ("detection", "fuzzing", "simulation", "embedding", "surprisal", "intervention")
 
 
@@ -194,6 +195,33 @@ def update_sae_sweep(readme: str | Path, sweep_json: str | Path) -> None:
     """Replace the README's SAE sweep block with the table of `sweep_json`; atomic."""
     note = "<!-- generated from benchmarks/sae_sweep.json by `make sae-sweep`: do not edit by hand -->"
     _replace_block(Path(readme), SWEEP_BEGIN, SWEEP_END, sae_sweep_block(sweep_json), note)
+
+
+def bench_table(rows: list[dict]) -> str:
+    """`make bench`'s rows (benchmarks/run.py's `row` dicts) as the Markdown table it prints."""
+    verdict = {True: "met", False: "**not met**", None: "-"}  # None: measured without a target, or not run
+    cells = [[r["benchmark"], r["shown"], r["target"], verdict[r["met"]], r["note"]] for r in rows]
+    return _markdown(["benchmark", "measured", "target", "met", "details"], cells)
+
+
+def bench_block(results_json: str | Path) -> str:
+    """The benchmark table of a `make bench` run (benchmarks/results.json), with when and where it ran."""
+    import json
+
+    about = json.loads(Path(results_json).read_text(encoding="utf-8"))
+    peers = ", ".join(about["peers"][k] for k in ("delphi", "sparsify") if k in (about.get("peers") or {}))
+    head = (
+        f"`make bench` of {about['date']} ({about['seconds'] / 60:.0f} minutes, {about['cpus']} CPU cores, "
+        f"{about['sizes']['threads']} threads per task; peers: {peers or 'none'}):"
+    )
+    failed = [f"- {name} failed: {why}" for name, why in sorted(about.get("errors", {}).items())]
+    return "\n\n".join([head, bench_table(about["rows"]), *(["\n".join(failed)] if failed else [])])
+
+
+def update_bench(readme: str | Path, results_json: str | Path) -> None:
+    """Replace the README's benchmark block with the table of `results_json`; atomic."""
+    note = "<!-- generated from benchmarks/results.json by `make bench`: do not edit by hand -->"
+    _replace_block(Path(readme), BENCH_BEGIN, BENCH_END, bench_block(results_json), note)
 
 
 def paper_block(paper_dir: str | Path, seconds_file: str | Path | None = None) -> str:
