@@ -224,6 +224,7 @@ def test_span_strings_hand_computed():
     pieces = [b"caf", b"\xc3", b"\xa9", b" \xf0\x9f", b"\x99", b"\x82!"]  # "café 🙂!", é and 🙂 split
     assert span_strings(pieces) == ["caf", "", "é", " ", "", "\U0001f642!"]
     assert span_strings([b"\xa9x", b"y\xc3"]) == ["\ufffdx", "y\ufffd"]  # characters cut by the window edge
+    assert span_strings([b"\x80", b"\x94", b"1"]) == ["\ufffd", "\ufffd", "1"]  # each stray byte its own
     assert span_strings([b"", b"ab", b""]) == ["", "ab", ""] and span_strings([b""]) == [""]
 
 
@@ -244,6 +245,21 @@ def test_span_strings_join_to_the_decoded_span():
     for _ in range(300):  # arbitrary bytes: still exactly the span decoded with replacement characters
         pieces = [rng.bytes(int(n)) for n in rng.integers(0, 5, rng.integers(1, 9))]
         assert "".join(span_strings(pieces)) == b"".join(pieces).decode("utf-8", "replace")
+
+
+
+def test_spans_decoded_in_one_call_equal_each_span_decoded_alone():
+    """span_strings over many equal-length spans (the sampler's one call per latent) never lets a span's
+    characters reach into its neighbour: a span opening with continuation bytes, or ending in empty pieces
+    before one that does, decodes as it does alone."""
+    rng = np.random.default_rng(1)
+    alphabet = [b"", b"a", b"\xc3", b"\xa9", b"\xf0\x9f", b"\x99\x82", b"\x80", b" \xe2", b"\x82\xac"]
+    for _ in range(200):
+        length = int(rng.integers(1, 6))
+        picks = rng.integers(0, len(alphabet), (int(rng.integers(1, 6)), length))
+        spans = [[alphabet[i] for i in row] for row in picks]
+        alone = [text for span in spans for text in span_strings(span)]
+        assert span_strings([p for span in spans for p in span], length) == alone
 
 
 def _byte_level_tokenizer():

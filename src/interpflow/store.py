@@ -48,10 +48,22 @@ def write_parquet(df: pd.DataFrame, path: str | os.PathLike) -> None:
 
 def read_parquet(path: str | os.PathLike) -> pd.DataFrame:
     """Read a Parquet table, naming the file if it is missing or unreadable."""
+    return _read_table(path, pd.read_parquet)
+
+
+def read_arrow(path: str | os.PathLike):
+    """Read a Parquet table as a pyarrow Table (no pandas conversion), naming the file if it is missing or
+    unreadable."""
+    import pyarrow.parquet as pq
+
+    return _read_table(path, pq.read_table)
+
+
+def _read_table(path: str | os.PathLike, reader):
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"missing table: {path}")
     try:
-        return pd.read_parquet(path)
+        return reader(path)
     except Exception as exc:  # pyarrow raises several types for truncated files
         raise ValueError(f"cannot read Parquet file {path}: {exc}") from exc

@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from interpflow.store import read_parquet
+from interpflow.store import read_arrow
 
 log = logging.getLogger(__name__)
 
@@ -34,37 +34,45 @@ class Vocab(NamedTuple):
         return cls(text, raw, np.ones(text.size, bool))
 
 
-def span_strings(pieces: Sequence[bytes]) -> list[str]:
-    """Per-token text of a token span decoded as one UTF-8 string: joined, they are exactly that string.
+def span_strings(pieces: Sequence[bytes], span_len: int | None = None) -> list[str]:
+    """Per-token text of token spans, each decoded as one UTF-8 string (joined, its texts are that string).
 
-    A character split over tokens (byte-level BPE, SentencePiece byte fallback) goes whole to the token that
-    completes it and the others get ""; only bytes the span itself cannot decode become U+FFFD (a character
-    cut by the window's edge).
+    `pieces` [n] are the spans' token bytes one after another, every span `span_len` tokens (default: one
+    span of them all). A character split over tokens (byte-level BPE, SentencePiece byte fallback) goes whole
+    to the token that completes it and the others get ""; only bytes a span itself cannot decode become
+    U+FFFD (a character cut by the span's edge).
     """
     data = b"".join(pieces)
     lens = np.fromiter(map(len, pieces), np.int64, len(pieces))
     starts = np.cumsum(lens) - lens  # [n] byte offset of each token
     buf = np.frombuffer(data + b"\0", np.uint8)  # the end counts as a character start
     lead = np.flatnonzero((buf & 0xC0) != 0x80)  # bytes that begin a character (not 10xxxxxx)
+    first = starts[:: span_len or max(len(pieces), 1)]  # [spans] each span's first byte
+    span_start = np.repeat(first, span_len or len(pieces))[: len(pieces)]  # [n]
+    span_end = np.repeat(np.append(first[1:], len(data)), span_len or len(pieces))[: len(pieces)]  # [n]
     i = np.searchsorted(lead, starts, side="right") - 1
-    back = lead[np.maximum(i, 0)]
+    back = np.where(i >= 0, lead[np.maximum(i, 0)], -1)  # the last character start at or before the token
+    # one in the span before does not count (a span decodes alone), and a span's end is a character start
+    back = np.where((back >= span_start) & (starts < span_end), back, starts)
     # a token boundary inside a character moves back to its first byte (UTF-8 characters have <= 4); a
     # decoder restarts at every such byte, so decoding the pieces apart equals decoding the span
-    cut = np.append(np.where((i >= 0) & (starts - back < 4), back, starts), len(data))
-    return [data[a:b].decode("utf-8", "replace") for a, b in zip(cut[:-1], cut[1:], strict=True)]
+    cut = np.append(np.where(starts - back < 4, back, starts), len(data))
+    bounds = zip(cut[:-1].tolist(), cut[1:].tolist(), strict=True)
+    return [data[a:b].decode("utf-8", "replace") for a, b in bounds]
 
 
 def window_string_ids(toks: np.ndarray, vocab: Vocab) -> tuple[np.ndarray, list[str]]:
     """Token strings of windows toks [m, L] as ids: [m, L] into `vocab.text` followed by the returned extras.
 
-    Windows of whole-character tokens (nearly all) keep their token ids; only the others are decoded as one
-    span (span_strings) and point at their strings, appended to the extras.
+    Windows of whole-character tokens (nearly all) keep their token ids; the others are decoded each as one
+    span (span_strings, all in one call) and point at their strings, the extras.
     """
     ids = toks.astype(np.int64)  # [m, L]
-    extra: list[str] = []
-    for w in np.flatnonzero(~vocab.whole[toks].all(axis=1)):
-        ids[w] = vocab.text.size + len(extra) + np.arange(toks.shape[1])
-        extra += span_strings(vocab.raw[toks[w]])
+    split = np.flatnonzero(~vocab.whole[toks].all(axis=1))  # [s]
+    if not split.size:
+        return ids, []
+    extra = span_strings(vocab.raw[toks[split]].ravel(), toks.shape[1])  # [s * L]
+    ids[split] = vocab.text.size + np.arange(len(extra)).reshape(split.size, toks.shape[1])
     return ids, extra
 
 
@@ -79,24 +87,21 @@ def read_vocab(path: str | os.PathLike) -> Vocab:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    vocab = read_parquet(path)
-    if not {"token_id", "text"} <= set(vocab.columns):
+    vocab = read_arrow(path)
+    if not {"token_id", "text"} <= set(vocab.column_names):
         raise ValueError(f"vocabulary table {path} needs columns token_id, text")
-    ids = vocab.token_id.to_numpy()
+    ids = vocab["token_id"].to_numpy()
     text = np.full(int(ids.max()) + 1 if len(vocab) else 0, "", dtype=object)
-    text[ids] = vocab.text.to_numpy()
-    if "bytes" not in vocab.columns:  # written before the column existed
+    text[ids] = vocab["text"].to_numpy()
+    if "bytes" not in vocab.column_names:  # written before the column existed
         log.warning("%s has no `bytes` column: tokens holding part of a character show U+FFFD", path)
         return Vocab.from_texts(text)
-    try:
-        raw_col = pa.array(vocab["bytes"])  # type inferred: binary only if every value is bytes
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        raw_col = None
-    if raw_col is None or not pa.types.is_binary(raw_col.type) or raw_col.null_count:
+    raw_col = vocab["bytes"]
+    if not pa.types.is_binary(raw_col.type) or raw_col.null_count:
         raise ValueError(f"vocabulary table {path}: column `bytes` must hold bytes")
     # whole = the bytes are valid UTF-8 decoding to exactly the text, i.e. the text's UTF-8 is the bytes
-    whole_col = pc.equal(pc.cast(pa.array(vocab.text, pa.string()), pa.binary()), raw_col)
+    whole_col = pc.equal(pc.cast(vocab["text"], pa.binary()), raw_col)
     raw, whole = np.full(text.size, b"", dtype=object), np.ones(text.size, bool)
-    raw[ids] = vocab["bytes"].to_numpy()
-    whole[ids] = whole_col.fill_null(False).to_numpy(zero_copy_only=False)
+    raw[ids] = raw_col.to_numpy()
+    whole[ids] = whole_col.fill_null(False).to_numpy()
     return Vocab(text, raw, whole)

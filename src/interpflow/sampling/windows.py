@@ -96,19 +96,21 @@ def _sample_windows(
     rank[np.argsort(max_act, kind="stable")] = np.arange(active.size)
     bins = rank * s["n_quantiles"] // active.size  # equal-count bins, 0 = weakest
     train = _train_windows(bins, rank, s, rng)
-    left = np.setdiff1d(np.arange(active.size), train)  # test never reuses a train window
+    free = np.ones(active.size, bool)
+    free[train] = False
+    left = np.flatnonzero(free)  # test never reuses a train window
     test = left[_stratified(bins[left], s["n_test"], s["n_quantiles"], rng)]
     train, test = np.sort(train), np.sort(test)
     inactive = _inactive_windows(active, n_windows, s["n_nonactivating"], rng)
     # the draws below are skipped when off, so default settings give the same windows as before
-    used = np.union1d(active, inactive)
-    train_inactive = np.empty(0, np.int64)
-    if s["n_train_nonactivating"]:
-        train_inactive = _inactive_windows(used, n_windows, s["n_train_nonactivating"], rng)
-        used = np.union1d(used, train_inactive)
-    hard = np.empty(0, np.int64)
-    if hard_score is not None and n_hard:
-        hard = _hardest(hard_score, used, n_hard, rng)
+    train_inactive, hard = np.empty(0, np.int64), np.empty(0, np.int64)
+    if s["n_train_nonactivating"] or (hard_score is not None and n_hard):
+        used = np.union1d(active, inactive)
+        if s["n_train_nonactivating"]:
+            train_inactive = _inactive_windows(used, n_windows, s["n_train_nonactivating"], rng)
+            used = np.union1d(used, train_inactive)
+        if hard_score is not None and n_hard:
+            hard = _hardest(hard_score, used, n_hard, rng)
     parts = [active[train], active[test], inactive, train_inactive, hard]
     group = np.repeat(np.arange(len(parts)), [p.size for p in parts])
     cols = {
