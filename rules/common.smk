@@ -129,6 +129,7 @@ def dictionary_source(w):
     return []
 
 
+@functools.cache  # the config is read-only: planning a million latents asks once per shard
 def layer_pairs():
     """One record per pair of layers aligned (interpflow.config.layer_pairs), with its two output files."""
     return [
@@ -300,6 +301,7 @@ def all_targets():
 UNIT = "{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}"
 
 
+@functools.cache  # asked once per shard by shard_files
 def browser_units():
     """{unit wildcards: [(explainer, scorer), ...]} over every run combination, in config order."""
     units = {}
