@@ -705,7 +705,7 @@ def main() -> None:
         }
     )
     sys.stdout.write(bench_table(rows) + "\n")
-    update_bench(BENCH.parent / "README.md", RESULTS)
+    update_bench(REPO / "README.md", RESULTS)
     log(f"done in {time.perf_counter() - t0:.0f} s; full numbers in {RESULTS}")
 
 

@@ -47,9 +47,10 @@ def span_strings(pieces: Sequence[bytes], span_len: int | None = None) -> list[s
     starts = np.cumsum(lens) - lens  # [n] byte offset of each token
     buf = np.frombuffer(data + b"\0", np.uint8)  # the end counts as a character start
     lead = np.flatnonzero((buf & 0xC0) != 0x80)  # bytes that begin a character (not 10xxxxxx)
-    first = starts[:: span_len or max(len(pieces), 1)]  # [spans] each span's first byte
-    span_start = np.repeat(first, span_len or len(pieces))[: len(pieces)]  # [n]
-    span_end = np.repeat(np.append(first[1:], len(data)), span_len or len(pieces))[: len(pieces)]  # [n]
+    length = span_len or max(len(pieces), 1)
+    first = starts[::length]  # [spans] each span's first byte
+    span_start = np.repeat(first, length)[: len(pieces)]  # [n]
+    span_end = np.repeat(np.append(first[1:], len(data)), length)[: len(pieces)]  # [n]
     i = np.searchsorted(lead, starts, side="right") - 1
     back = np.where(i >= 0, lead[np.maximum(i, 0)], -1)  # the last character start at or before the token
     # one in the span before does not count (a span decodes alone), and a span's end is a character start

@@ -104,12 +104,13 @@ def _sample_windows(
     inactive = _inactive_windows(active, n_windows, s["n_nonactivating"], rng)
     # the draws below are skipped when off, so default settings give the same windows as before
     train_inactive, hard = np.empty(0, np.int64), np.empty(0, np.int64)
-    if s["n_train_nonactivating"] or (hard_score is not None and n_hard):
+    want_hard = hard_score is not None and n_hard > 0
+    if s["n_train_nonactivating"] or want_hard:
         used = np.union1d(active, inactive)
         if s["n_train_nonactivating"]:
             train_inactive = _inactive_windows(used, n_windows, s["n_train_nonactivating"], rng)
             used = np.union1d(used, train_inactive)
-        if hard_score is not None and n_hard:
+        if want_hard:
             hard = _hardest(hard_score, used, n_hard, rng)
     parts = [active[train], active[test], inactive, train_inactive, hard]
     group = np.repeat(np.arange(len(parts)), [p.size for p in parts])
