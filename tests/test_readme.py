@@ -157,13 +157,16 @@ def test_the_sae_sweep_table_is_spliced_from_its_json(tmp_path):
 
     from interpflow.readme import SWEEP_BEGIN, SWEEP_END, update_sae_sweep
 
-    row = dict(variant="adam, 5x", optimizer="adam", lr=0.002, tokens=204800, held_out_fvu=0.03041,
-               held_out_never_fired=0.0278, dead_fraction=0.0066, tokens_per_s=1716.4)  # fmt: skip
-    about = dict(activations="a.h5", tokens=204800, epochs=1, width=4096, k=32, held_out=40960, threads=2,
-                 rows=[row])  # fmt: skip
+    row = dict(variant="adam, 5x", epochs=1, optimizer="adam", lr=0.002, bias_lr_ratio=None, tokens=204800,
+               held_out_fvu=0.03041, held_out_never_fired=0.0278, dead_fraction=0.0066,
+               tokens_per_s=1716.4)  # fmt: skip
+    signum = row | dict(variant="signum", optimizer="signum", epochs=3, lr=0.01, bias_lr_ratio=0.001)
+    about = dict(activations="a.h5", tokens=204800, epochs=[1, 3], width=4096, k=32, held_out=40960,
+                 threads=2, rows=[row, signum])  # fmt: skip
     text = spliced_from_json(tmp_path, about, SWEEP_BEGIN, SWEEP_END, update_sae_sweep)
-    assert "| adam, 5x | 2.00e-03 | 0.0304 | 0.028 | 0.007 | 1,716 |" in text
-    assert "4,096-latent TopK SAE (k = 32) trained on 204,800 tokens x 1 epoch(s)" in text
+    assert "| adam, 5x | 1 | 2.00e-03 | - | 0.0304 | 0.028 | 0.007 | 1,716 |" in text
+    assert "| signum | 3 | 1.00e-02 | 1.00e-05 | 0.0304 |" in text  # the biases' rate: lr x bias_lr_ratio
+    assert "4,096-latent TopK SAE (k = 32) trained on 204,800 tokens x 1 and 3 epoch(s)" in text
 
 
 def test_the_bench_table_is_spliced_from_its_results(tmp_path):

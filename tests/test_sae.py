@@ -13,7 +13,7 @@ import torch
 from interpflow.sae.batches import _batches, _shuffled_buffers
 from interpflow.sae.model import TopKSAE
 from interpflow.sae.step import random_sae_from_h5, train_sae_from_h5
-from interpflow.sae.train import estimate_input_scale, train_sae
+from interpflow.sae.train import estimate_input_scale, init_sae, train_sae
 
 
 @pytest.fixture(autouse=True)
@@ -123,6 +123,26 @@ def test_input_scale_and_unit_decoder_rows_after_training():
     sae.W_dec.grad = torch.randn(32, 16)
     sae.remove_gradient_parallel_to_decoder_directions()
     torch.testing.assert_close((sae.W_dec.grad * sae.W_dec).sum(1), torch.zeros(32), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("ratio", [1e-3, 1.0])
+def test_sign_descent_moves_biases_at_their_ratio_of_the_rate(ratio):
+    """Each sign step moves a coordinate by at most its rate, and schedule-free's weights stay within the
+    iterates' hull: after n steps a bias lies within n * lr * ratio of its init, a weight moves further."""
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((2048, 16)) * 5 + 2).astype(np.float32)
+    lr, n = 1e-2, 8
+    cfg = {"width": 32, "k": 4, "seed": 0, "lr": lr, "bias_lr_ratio": ratio}
+    start = init_sae(x, 16, 32, 4, 0)
+    sae, metrics = train_sae((x[i : i + 256] for i in range(0, len(x), 256)), 16, cfg, sample_for_init=x)
+    assert metrics["train"]["bias_lr_ratio"] == ratio
+    moved = {name: float((p.detach() - dict(start.named_parameters())[name].detach()).abs().max())
+             for name, p in sae.named_parameters()}  # fmt: skip
+    bound = n * lr * ratio * (1 + 1e-4)
+    assert moved["b_dec"] <= bound and moved["encoder.bias"] <= bound
+    assert moved["encoder.weight"] > 10 * n * lr * 1e-3
+    if ratio == 1.0:  # at the full rate the biases do use their steps
+        assert moved["b_dec"] > 10 * n * lr * 1e-3
 
 
 def test_metrics_per_epoch():
@@ -283,6 +303,8 @@ def test_bad_config_names_key(tmp_path):
         train_sae([x], 4, {"width": 8, "k": 9}, sample_for_init=x)
     with pytest.raises(ValueError, match="'optimizer'"):
         train_sae([x], 4, {"width": 8, "k": 2, "optimizer": "sgd"}, sample_for_init=x)
+    with pytest.raises(ValueError, match="'bias_lr_ratio'"):
+        train_sae([x], 4, {"width": 8, "k": 2, "bias_lr_ratio": 0}, sample_for_init=x)
     with pytest.raises(FileNotFoundError, match="missing.h5"):
         train_sae_from_h5(tmp_path / "missing.h5", {"width": 8, "k": 2}, tmp_path / "out")
 

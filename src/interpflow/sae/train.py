@@ -22,10 +22,9 @@ __all__ = ["geometric_median", "estimate_input_scale", "train_sae"]
 
 log = logging.getLogger(__name__)
 
-# Learning rates at 2^14 latents. adam: Gao et al.'s. signum: 1/4 of sparsify's 5e-3, chosen by `make
-# sae-sweep` (README): on the default run's layer 9, the lowest held-out fvu among the settings that left
-# < 1% of latents silent; sparsify's own rate left a third of them silent.
-LR_BASE = {"adam": 2e-4, "signum": 1.25e-3}
+# Learning rates at 2^14 latents. adam: Gao et al.'s. signum: sparsify's (1.3.3, trainer.py), with the
+# biases at `bias_lr_ratio` of it (make_optimizer).
+LR_BASE = {"adam": 2e-4, "signum": 5e-3}
 
 
 def estimate_input_scale(sample: np.ndarray | Tensor) -> float:
@@ -71,10 +70,11 @@ def _train_cfg(cfg: dict, d_in: int, n_tokens: int | None) -> dict[str, Any]:
         "aux_k": int(cfg["aux_k"]) if cfg["aux_k"] is not None else d_in // 2,  # 0 disables AuxK
         "auxk_coef": float(cfg["auxk_coef"]),
         "dead_tokens": int(cfg["dead_tokens"] or dead_default),
+        "bias_lr_ratio": float(cfg["bias_lr_ratio"]),
         "seed": int(cfg["seed"]),
         "grad_clip": float(cfg["grad_clip"]),
     }
-    for key in ("lr", "batch_size", "epochs", "dead_tokens"):
+    for key in ("lr", "batch_size", "epochs", "dead_tokens", "bias_lr_ratio"):
         if not c[key] > 0:
             raise ValueError(f"SAE config key {key!r} must be positive, got {c[key]!r}")
     if c["aux_k"] < 0 or c["auxk_coef"] < 0:
@@ -101,12 +101,23 @@ class SignDescent(torch.optim.Optimizer):
 
 def make_optimizer(sae: TopKSAE, c: dict) -> torch.optim.Optimizer:
     """Adam, or sign descent wrapped in schedule-free averaging (the schedulefree package: the weights
-    trained are an interpolation, and `.eval()` swaps in the average, which is what gets saved)."""
+    trained are an interpolation, and `.eval()` swaps in the average, which is what gets saved).
+
+    Under sign descent the biases step at c['bias_lr_ratio'] of the weights' rate. A sign step moves every
+    coordinate by lr however small its gradient, and our inputs are scaled to coordinates of about 1, so
+    biases at the full rate drift with the batch noise and push latents out of the top k (a third die at
+    sparsify's rate, `make sae-sweep`). sparsify trains on raw activations, where the same step is tiny next
+    to the data (gemma-3-270m's residual norm is ~3,600, input_scale ~0.007), so its biases barely move."""
     if c["optimizer"] == "adam":
         return torch.optim.Adam(sae.parameters(), lr=c["lr"], betas=(0.9, 0.999))
     from schedulefree import ScheduleFreeWrapper
 
-    opt = ScheduleFreeWrapper(SignDescent(sae.parameters(), lr=c["lr"]), momentum=0.95)
+    biases = [sae.encoder.bias, sae.b_dec]
+    groups = [
+        {"params": [sae.encoder.weight, sae.W_dec], "lr": c["lr"]},
+        {"params": biases, "lr": c["lr"] * c["bias_lr_ratio"]},
+    ]
+    opt = ScheduleFreeWrapper(SignDescent(groups, lr=c["lr"]), momentum=0.95)
     opt.train()
     return opt
 
