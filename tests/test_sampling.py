@@ -14,12 +14,13 @@ from conftest import REPO
 
 from interpflow.config import SCHEMA
 from interpflow.latents import LatentShard, encode_to_shards, read_shard
-from interpflow.sampling.examples import sample_examples
+from interpflow.sampling.examples import _token_strs, _window_acts, sample_examples
 from interpflow.sampling.hard import window_incidence
 from interpflow.sampling.scored import NEGATIVES, select_test_examples
 from interpflow.sampling.selection import partner_latents, select_latents, shard_files
 from interpflow.sampling.step import run_sampling
 from interpflow.sampling.vocab import Vocab, read_vocab, span_strings, window_strings
+from interpflow.sampling.windows import _stratified
 
 N_SEQ, CTX, L, VOCAB = 100, 64, 8, 50
 N_WINDOWS = N_SEQ * CTX // L
@@ -246,6 +247,12 @@ def test_span_strings_join_to_the_decoded_span():
         pieces = [rng.bytes(int(n)) for n in rng.integers(0, 5, rng.integers(1, 9))]
         assert "".join(span_strings(pieces)) == b"".join(pieces).decode("utf-8", "replace")
 
+
+def test_valid_and_invalid_spans_in_one_call():
+    """Spans that are valid UTF-8 keep their bytes as texts; only the others decode with U+FFFD."""
+    got = span_strings([b"a\xc3", b"\xa9", b"\xa9x", b"y", b"\xe2\x82", b"\xac", b"\xe2", b"\x82"], 2)
+    # spans "aé" and "€" are whole; the second opens on a stray byte, the last holds 2 of €'s 3 bytes
+    assert got == ["a", "\u00e9", "\ufffdx", "y", "", "\u20ac", "", "\ufffd"]
 
 
 def test_spans_decoded_in_one_call_equal_each_span_decoded_alone():
@@ -626,3 +633,48 @@ def test_split_characters_decode_per_window_across_latents(world):
         assert row.token_strs.tolist() == window_strings(window[None], vocab)[0].tolist()
     # the token that completes the character carries it
     assert all(r.token_strs[5] == "" and r.token_strs[6] == "é" for r in split.itertuples())
+
+
+def test_window_acts_hand_computed():
+    # L = 4: nonzeros at tokens 1, 2 (window 0), 9 (window 2), 13, 14 (window 3)
+    pos = np.array([1, 2, 9, 13, 14], np.uint32)
+    vals = np.array([1, 2, 3, 4, 5], np.float16)
+    acts = _window_acts(np.array([3, 1, 0]), pos, vals, 4)
+    assert acts.dtype == np.float32
+    assert acts.tolist() == [[0, 4, 5, 0], [0, 0, 0, 0], [0, 1, 2, 0]]
+    assert _window_acts(np.array([], np.int64), pos, vals, 4).shape == (0, 4)
+
+
+def test_stratified_matches_lexsort_and_fills_quotas():
+    """_stratified orders candidates by (bin, random rank) with one argsort; the picks equal those of the
+    lexsort formulation it replaced, drawing from the same generator."""
+
+    def by_lexsort(bins, n, n_bins, rng):
+        n = min(n, bins.size)
+        quota = np.full(n_bins, n // n_bins)
+        quota[rng.permutation(n_bins)[: n % n_bins]] += 1
+        prio = rng.permutation(bins.size)
+        order = np.lexsort((prio, bins))
+        rank_in_bin = np.arange(bins.size) - np.searchsorted(bins[order], bins[order])
+        take = rank_in_bin < quota[bins[order]]
+        chosen, rest = order[take], order[~take]
+        return np.concatenate([chosen, rest[np.argsort(prio[rest])[: n - chosen.size]]])
+
+    rng = np.random.default_rng(0)
+    for size, n_bins, n in [(0, 3, 5), (7, 3, 5), (50, 5, 12), (50, 5, 60), (300, 10, 40)]:
+        bins = rng.integers(0, n_bins, size) if size != 50 else np.repeat([0, 4], 25)  # two bins empty
+        got = _stratified(bins, n, n_bins, np.random.default_rng(size + n))
+        assert np.array_equal(got, by_lexsort(bins, n, n_bins, np.random.default_rng(size + n)))
+        assert got.size == min(n, size) and np.unique(got).size == got.size
+    bins = np.repeat(np.arange(4), 10)  # 40 windows, 10 per bin: 8 picks are 2 per bin
+    assert np.bincount(bins[_stratified(bins, 8, 4, rng)], minlength=4).tolist() == [2, 2, 2, 2]
+
+
+def test_token_strs_dictionary_holds_each_used_string_once():
+    """The token_strs column's dictionary: the used vocabulary texts, then the extras not among them."""
+    vocab = Vocab.from_texts(np.array(["a", "b", "c"], dtype=object))
+    ids = np.array([[0, 2], [3, 4], [3, 0]])  # 3 and 4: extras "a" (a vocabulary text again) and "zz"
+    col = _token_strs(ids, pa.array(["a", "zz"]), vocab, pa.array(np.array([0, 2, 4, 6], np.int32)))
+    assert col.values.dictionary.to_pylist() == ["a", "c", "zz"]
+    assert col.values.indices.to_pylist() == [0, 1, 0, 2, 0, 0]
+    assert col.cast(pa.list_(pa.string())).to_pylist() == [["a", "c"], ["a", "zz"], ["a", "a"]]

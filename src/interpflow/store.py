@@ -56,7 +56,11 @@ def read_arrow(path: str | os.PathLike):
     unreadable."""
     import pyarrow.parquet as pq
 
-    return _read_table(path, pq.read_table)
+    def read(p: Path):  # one file: ParquetFile skips read_table's dataset layer (and its import, ~20 ms)
+        with pq.ParquetFile(p) as f:
+            return f.read()
+
+    return _read_table(path, read)
 
 
 def _read_table(path: str | os.PathLike, reader):

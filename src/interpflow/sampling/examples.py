@@ -4,6 +4,7 @@ activations) and latents table (each latent sampled, or skipped with the reason)
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +15,8 @@ from interpflow.latents import LatentShard
 from interpflow.sampling.hard import _hard_scores, _hard_settings
 from interpflow.sampling.selection import select_latents
 from interpflow.sampling.vocab import Vocab, window_string_ids
-from interpflow.sampling.windows import _run_starts, _sample_windows, _settings
+from interpflow.sampling.windows import GROUPS, _run_starts, _sample_windows, _settings
+from interpflow.store import atomic_path
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -29,10 +31,12 @@ EXAMPLE_COLUMNS = [
 LATENT_COLUMNS = ["latent", "n_activations", "n_activating_windows", "status", "reason"]
 
 
-def _examples_schema() -> Any:
-    """Arrow schema of the examples table (fixed, so empty shards keep their list types)."""
+def _examples_schema(encoded: bool = False) -> Any:
+    """Arrow schema of the examples table (fixed, so empty shards keep their list types); `encoded`: with
+    token_strs' strings dictionary-encoded, as sample_table builds it (the file reads back as plain)."""
     import pyarrow as pa
 
+    strs = pa.dictionary(pa.int32(), pa.string()) if encoded else pa.string()
     return pa.schema(
         [
             ("latent", pa.int64()),
@@ -42,7 +46,7 @@ def _examples_schema() -> Any:
             ("seq", pa.int64()),
             ("start", pa.int64()),
             ("tokens", pa.list_(pa.int32())),
-            ("token_strs", pa.list_(pa.string())),
+            ("token_strs", pa.list_(strs)),
             ("acts", pa.list_(pa.float32())),
             ("max_act", pa.float32()),
             ("quantile", pa.int64()),
@@ -51,68 +55,68 @@ def _examples_schema() -> Any:
     )
 
 
-def _example_rows(
-    latent: int,
-    windows: np.ndarray,
-    pos: np.ndarray,
-    vals: np.ndarray,
-    tokens: np.ndarray,
-    vocab: Vocab,
-    L: int,
-) -> dict[str, Any]:
-    """Columns of the example rows for the given window ids (tokens, their text, the latent's acts).
-
-    `tokens`, `acts` and `string_ids` are [m, L] arrays, `extra_strings` the strings that string_ids points
-    at past the vocabulary (window_string_ids); _examples_table makes them list columns.
-    """
-    per_seq = tokens.shape[1] // L
-    seq, start = windows // per_seq, (windows % per_seq) * L
-    toks = tokens[seq[:, None], start[:, None] + np.arange(L)]  # [m, L]
-    acts = np.zeros((windows.size, L), np.float32)  # [m, L]
-    wid = pos.astype(np.int64) // L
-    order = np.argsort(windows)
-    hit = np.isin(wid, windows)
-    acts[order[np.searchsorted(windows[order], wid[hit])], pos[hit] % L] = vals[hit]
-    string_ids, extra = window_string_ids(toks, vocab)
-    return {
-        "latent": np.full(windows.size, latent, np.int64),
-        "example_id": np.arange(windows.size, dtype=np.int64),
-        "seq": seq.astype(np.int64),
-        "start": start.astype(np.int64),
-        "tokens": toks.astype(np.int32),
-        "string_ids": string_ids,
-        "extra_strings": extra,
-        "acts": acts,
-        "max_act": acts.max(axis=1),
-    }
+def _window_acts(windows: np.ndarray, pos: np.ndarray, vals: np.ndarray, L: int) -> np.ndarray:
+    """A latent's activations [m, L] in the distinct windows [m], from its nonzeros pos, vals [nnz]."""
+    wid = pos.astype(np.int64) // L  # [nnz], ascending: positions ascend within a latent
+    lo = np.searchsorted(wid, windows, "left")  # [m]: window i holds nonzeros lo[i] : lo[i] + count[i]
+    count = np.searchsorted(wid, windows, "right") - lo
+    row = np.repeat(np.arange(windows.size), count)  # [hits]
+    src = np.arange(row.size) + np.repeat(lo - (np.cumsum(count) - count), count)  # [hits] into pos
+    acts = np.zeros((windows.size, L), np.float32)
+    acts[row, pos[src] % L] = vals[src]
+    return acts
 
 
-def _examples_table(parts: list[dict[str, Any]], vocab: Vocab, L: int) -> pa.Table:
-    """One Arrow table of every latent's example rows, its list columns built from flat arrays at once
-    (converting per-row arrays cost more than the sampling itself)."""
+def _token_strs(ids: np.ndarray, extra: pa.StringArray, vocab: Vocab, offsets: pa.Array) -> pa.ListArray:
+    """The token_strs column from window_string_ids' ids [n, L] and extras, its strings dictionary-encoded
+    over the distinct strings used: Parquet writes a given dictionary as it is instead of hashing every
+    string (it needs one without repeats), and the rest of the vocabulary is never converted to Arrow."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
-    schema = _examples_schema()
+    flat = ids.ravel()  # [n * L]
+    used = np.flatnonzero(np.bincount(flat, minlength=vocab.text.size)[: vocab.text.size])  # [u] vocab ids
+    # the strings used, distinct: texts repeat across token ids, and most extras are whole tokens' texts
+    enc = pc.dictionary_encode(pa.concat_arrays([pa.array(vocab.text[used], pa.string()), extra]))
+    code = np.zeros(vocab.text.size + len(extra), np.int32)  # [n_vocab + n_extra] dictionary index per id
+    index = enc.indices.to_numpy()  # [u + n_extra]
+    code[used], code[vocab.text.size :] = index[: used.size], index[used.size :]
+    strings = pa.DictionaryArray.from_arrays(pa.array(code[flat]), enc.dictionary)
+    return pa.ListArray.from_arrays(offsets, strings)
+
+
+def _examples_table(parts: list[dict[str, Any]], tokens: np.ndarray, vocab: Vocab, L: int) -> pa.Table:
+    """One Arrow table of every latent's example rows (parts: each latent's windows, acts and
+    _sample_windows columns), built from flat arrays at once: per-latent conversions cost more than the
+    sampling itself."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    schema = _examples_schema(encoded=True)
     if not parts:
         return schema.empty_table()
-    n = sum(p["latent"].size for p in parts)
-    offsets = pa.array(np.arange(0, (n + 1) * L, L, dtype=np.int32))  # every row holds L tokens
-    # each part's extra strings follow the vocabulary and the extras of the parts before it
-    n_vocab, shift, ids = vocab.text.size, 0, []
-    for p in parts:
-        ids.append(np.where(p["string_ids"] >= n_vocab, p["string_ids"] + shift, p["string_ids"]).ravel())
-        shift += len(p["extra_strings"])
-    extras = np.array([s for p in parts for s in p["extra_strings"]], dtype=object)
-    strings = pa.array(np.concatenate([vocab.text, extras]), pa.string())
-    flat = {c: np.concatenate([p[c] for p in parts]) for c in ("tokens", "acts")}  # [n, L] each
+    size = np.array([p["windows"].size for p in parts])  # [parts] rows per latent
+    windows = np.concatenate([p["windows"] for p in parts])  # [n] flat window ids
+    toks = tokens.reshape(-1, L)[windows]  # [n, L]; window = flat token index // L
+    acts = np.concatenate([p["acts"] for p in parts])  # [n, L]
+    group = np.concatenate([p["group"] for p in parts])  # [n] index into GROUPS
+    per_seq = tokens.shape[1] // L
+    offsets = pa.array(np.arange(0, (windows.size + 1) * L, L, dtype=np.int32))  # every row holds L tokens
+    ids, extra = window_string_ids(toks, vocab)  # [n, L]; one span_strings call for all split windows
     columns = {
-        "tokens": pa.ListArray.from_arrays(offsets, flat["tokens"].ravel()),
-        "token_strs": pa.ListArray.from_arrays(offsets, strings.take(np.concatenate(ids))),
-        "acts": pa.ListArray.from_arrays(offsets, flat["acts"].ravel()),
+        "latent": np.repeat(np.array([p["latent"] for p in parts], np.int64), size),
+        "example_id": np.arange(windows.size, dtype=np.int64) - np.repeat(np.cumsum(size) - size, size),
+        "split": pc.take(pa.array([g[0] for g in GROUPS]), group),
+        "activating": group < 2,
+        "seq": windows // per_seq,
+        "start": windows % per_seq * L,
+        "tokens": pa.ListArray.from_arrays(offsets, toks.astype(np.int32, copy=False).ravel()),
+        "token_strs": _token_strs(ids, extra, vocab, offsets),
+        "acts": pa.ListArray.from_arrays(offsets, acts.ravel()),
+        "max_act": acts.max(axis=1),
+        "quantile": np.concatenate([p["quantile"] for p in parts]),
+        "negative": pc.take(pa.array([g[1] for g in GROUPS]), group),
     }
-    for f in schema:
-        if f.name not in columns:
-            columns[f.name] = pa.array(np.concatenate([p[f.name] for p in parts]), f.type)
     return pa.table([columns[f.name] for f in schema], schema=schema)
 
 
@@ -127,7 +131,7 @@ def sample_examples(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """sample_table's examples as a DataFrame (list columns as arrays), and its latents table."""
     examples, table = sample_table(tokens, vocab, shard, cfg, latents, incidence=incidence)
-    return examples.to_pandas(), table
+    return examples.cast(_examples_schema()).to_pandas(), table
 
 
 def sample_table(
@@ -141,7 +145,8 @@ def sample_table(
 ) -> tuple[pa.Table, pd.DataFrame]:
     """Sample train/test example windows per latent (None = the latents cfg['latents'] selects).
 
-    Returns the examples (an Arrow table with _examples_schema) and the latents table.
+    Returns the examples (an Arrow table with _examples_schema(encoded=True): write it with write_examples)
+    and the latents table.
     `vocab`: read_vocab's Vocab, or an array of token strings (every token whole characters).
     `incidence` (window_incidence over all shards) is needed by hard_negatives.method cooccurrence.
     Latents with fewer than cfg['min_activations'] activations are `skipped`, with the reason.
@@ -168,13 +173,14 @@ def sample_table(
         rng = np.random.default_rng([s["seed"], int(latent)])
         hard_score = _hard_scores(method, int(latent), pos, vals, tokens_w, incidence, top_k)
         windows, cols = _sample_windows(pos, vals, n_windows, s, rng, hard_score, n_hard)
-        parts.append(_example_rows(int(latent), windows, pos, vals, tokens, vocab, L) | cols)
+        acts = _window_acts(windows, pos, vals, L)  # [m, L]
+        parts.append({"latent": int(latent), "windows": windows, "acts": acts} | cols)
         status.append((int(latent), n_act, n_win, "ok", ""))
-    examples = _examples_table(parts, vocab, L)  # one table at the end, not one per latent
+    examples = _examples_table(parts, tokens, vocab, L)  # one table at the end, not one per latent
     table = pd.DataFrame(status, columns=LATENT_COLUMNS)
     table = table.astype({"latent": np.int64, "n_activations": np.int64, "n_activating_windows": np.int64})
     _warn_if_short(table, s)
-    n_hard_rows = sum(int((p["negative"] == "hard").sum()) for p in parts)
+    n_hard_rows = sum(int((p["group"] == GROUPS.index(("test", "hard"))).sum()) for p in parts)
     n_skipped = int((table.status != "ok").sum())
     log.info("sampled %d latents (%d skipped), %d examples (%d hard negatives, method %s)",
              len(table), n_skipped, examples.num_rows, n_hard_rows, method)  # fmt: skip
@@ -220,3 +226,20 @@ def _skip_reason(n_act: int, need: int) -> str:
     if n_act == 0:
         return "never fires"
     return f"only {n_act} activations; need {need} (min_activations)"
+
+
+def write_examples(examples: pa.Table, path: str | os.PathLike) -> None:
+    """Write sample_table's examples to Parquet atomically; token_strs reads back as list<string>.
+
+    No Arrow schema is stored, so the dictionary-encoded token_strs reads back as the plain strings the
+    Parquet file holds (every other column reads back as the same type either way). Statistics are kept
+    for the flat columns only: those of the list columns (min/max over every element) cost a fifth of the
+    write and no reader filters on them. Snappy, pyarrow's default, stays: writing is dominated by
+    encoding the list columns, and lz4 / zstd-1 / none wrote no faster on the benchmark's table.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    flat = [f.name for f in examples.schema if not pa.types.is_list(f.type)]
+    with atomic_path(path) as tmp:
+        pq.write_table(examples, tmp, store_schema=False, write_statistics=flat)

@@ -6,12 +6,12 @@ import logging
 import os
 
 from interpflow.latents import read_shard
-from interpflow.sampling.examples import sample_table
+from interpflow.sampling.examples import sample_table, write_examples
 from interpflow.sampling.hard import window_incidence
 from interpflow.sampling.selection import partner_latents, select_latents, shard_files
 from interpflow.sampling.vocab import read_vocab
 from interpflow.sampling.windows import _settings
-from interpflow.store import atomic_path, open_h5, read_parquet, write_parquet
+from interpflow.store import open_h5, read_parquet, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +33,6 @@ def run_sampling(
     sampled there.
     """
     import time
-
-    import pyarrow.parquet as pq
 
     with open_h5(tokens_path) as f:
         if "tokens" not in f:
@@ -67,6 +65,5 @@ def run_sampling(
         chosen = sorted(set(own) | {int(i) for i in in_range})
         log.info("%d sampled latents + %d cross-layer partners", len(own), len(chosen) - len(own))
     examples, latents = sample_table(tokens, vocab, shard, cfg, chosen, incidence=incidence)
-    with atomic_path(examples_out) as tmp:
-        pq.write_table(examples, tmp)
+    write_examples(examples, examples_out)
     write_parquet(latents, latents_out)

@@ -6,11 +6,14 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from interpflow.store import read_arrow
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,11 @@ def span_strings(pieces: Sequence[bytes], span_len: int | None = None) -> list[s
     to the token that completes it and the others get ""; only bytes a span itself cannot decode become
     U+FFFD (a character cut by the span's edge).
     """
+    return span_array(pieces, span_len).to_pylist()
+
+
+def span_array(pieces: Sequence[bytes], span_len: int | None = None) -> pa.StringArray:
+    """span_strings' texts [n] as an Arrow string array, built from the bytes without a str per token."""
     data = b"".join(pieces)
     lens = np.fromiter(map(len, pieces), np.int64, len(pieces))
     starts = np.cumsum(lens) - lens  # [n] byte offset of each token
@@ -57,22 +65,49 @@ def span_strings(pieces: Sequence[bytes], span_len: int | None = None) -> list[s
     back = np.where((back >= span_start) & (starts < span_end), back, starts)
     # a token boundary inside a character moves back to its first byte (UTF-8 characters have <= 4); a
     # decoder restarts at every such byte, so decoding the pieces apart equals decoding the span
-    cut = np.append(np.where(starts - back < 4, back, starts), len(data))
-    bounds = zip(cut[:-1].tolist(), cut[1:].tolist(), strict=True)
-    return [data[a:b].decode("utf-8", "replace") for a, b in bounds]
+    cut = np.append(np.where(starts - back < 4, back, starts), len(data))  # [n + 1] each text's bytes
+    return _decode(data, cut, length)
 
 
-def window_string_ids(toks: np.ndarray, vocab: Vocab) -> tuple[np.ndarray, list[str]]:
+def _decode(data: bytes, cut: np.ndarray, length: int) -> pa.StringArray:
+    """Texts [n] data[cut[i]:cut[i + 1]] decoded (errors: U+FFFD), spans of `length` tiling the data.
+
+    In a span that is valid UTF-8 every cut is at a character start (span_array), so its texts are its
+    bytes as they are; only the spans that are not (a character cut by their edge) decode in Python.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = cut.size - 1
+    bounds = np.append(cut[:-1:length], len(data)).tolist()  # [spans + 1] byte bounds of the spans
+    bad = np.zeros(n, bool)
+    for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        try:
+            data[a:b].decode("utf-8")
+        except UnicodeDecodeError:
+            bad[k * length : (k + 1) * length] = True
+    texts = pa.Array.from_buffers(pa.large_string(), n, [None, pa.py_buffer(cut), pa.py_buffer(data)])
+    if bad.any():
+        lo, hi = cut[:-1][bad].tolist(), cut[1:][bad].tolist()
+        fixed = [data[a:b].decode("utf-8", "replace") for a, b in zip(lo, hi, strict=True)]
+        texts = pc.replace_with_mask(texts, pa.array(bad), pa.array(fixed, pa.large_string()))
+    return texts.cast(pa.string())
+
+
+def window_string_ids(toks: np.ndarray, vocab: Vocab) -> tuple[np.ndarray, pa.StringArray]:
     """Token strings of windows toks [m, L] as ids: [m, L] into `vocab.text` followed by the returned extras.
 
     Windows of whole-character tokens (nearly all) keep their token ids; the others are decoded each as one
-    span (span_strings, all in one call) and point at their strings, the extras.
+    span (span_array, all in one call) and point at their strings, the extras.
     """
-    ids = toks.astype(np.int64)  # [m, L]
+    import pyarrow as pa
+
+    # [m, L]; int32 while the ids fit (halves the largest array of the examples table)
+    ids = toks.astype(np.int32 if vocab.text.size + toks.size < 2**31 else np.int64)
     split = np.flatnonzero(~vocab.whole[toks].all(axis=1))  # [s]
     if not split.size:
-        return ids, []
-    extra = span_strings(vocab.raw[toks[split]].ravel(), toks.shape[1])  # [s * L]
+        return ids, pa.array([], pa.string())
+    extra = span_array(vocab.raw[toks[split]].ravel(), toks.shape[1])  # [s * L]
     ids[split] = vocab.text.size + np.arange(len(extra)).reshape(split.size, toks.shape[1])
     return ids, extra
 
@@ -80,7 +115,7 @@ def window_string_ids(toks: np.ndarray, vocab: Vocab) -> tuple[np.ndarray, list[
 def window_strings(toks: np.ndarray, vocab: Vocab) -> np.ndarray:
     """Token strings [m, L] of windows toks [m, L], each window decoded as one span (span_strings)."""
     ids, extra = window_string_ids(toks, vocab)
-    return np.concatenate([vocab.text, np.array(extra, dtype=object)])[ids]
+    return np.concatenate([vocab.text, extra.to_numpy(zero_copy_only=False)])[ids]
 
 
 def read_vocab(path: str | os.PathLike) -> Vocab:
