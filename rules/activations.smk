@@ -9,7 +9,6 @@ for rule_name, corpus, model, hookpoints in activation_rules():
         input:
             tokens="results/{corpus}/{model}/tokens.h5",
             model="results/models/{model}/model.json",
-            code=code_of("../workflow/scripts/cache_activations.py"),
         output:
             [f"results/{{corpus}}/{{model}}/{h}/activations.h5" for h in hookpoints],
         log:
@@ -25,6 +24,7 @@ for rule_name, corpus, model, hookpoints in activation_rules():
             runtime=lambda w, attempt: 120 * attempt,  # minutes, on a cluster (the shared rule has no fixed name)
             gpu=gpu_count,
         params:
+            code=code_of("../workflow/scripts/cache_activations.py"),
             cfg=slice_of("models", "model"),
         script:
             "../workflow/scripts/cache_activations.py"

@@ -5,7 +5,6 @@
 rule browser_shard:
     input:
         browser_shard_inputs,
-        code=code_of("../workflow/scripts/browser_shard.py"),
     output:
         directory("results/browser/units/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/shard-{shard}"),
     log:
@@ -16,6 +15,7 @@ rule browser_shard:
     resources:
         mem_mb=lambda w, attempt: 4000 * attempt,
     params:
+        code=code_of("../workflow/scripts/browser_shard.py"),
         files=browser_shard_files,
     script:
         "../workflow/scripts/browser_shard.py"
@@ -26,7 +26,6 @@ rule browser:
         shards=browser_shards(),
         summary=rules.summarize.output.html,
         paper=lambda w: rules.paper.output if config["paper"]["reference"] else [],  # linked from the index
-        code=code_of("../workflow/scripts/browser_index.py"),
     output:
         index="results/browser/index.html",
         search="results/browser/search.html",
@@ -38,6 +37,7 @@ rule browser:
     conda:
         "../envs/interpflow.yaml"
     params:
+        code=code_of("../workflow/scripts/browser_index.py"),
         paper_dir=lambda w: "results/paper" if config["paper"]["reference"] else None,
     script:
         "../workflow/scripts/browser_index.py"
@@ -47,7 +47,6 @@ rule agreement:
     input:
         ratings=rating_files(),
         latents=rules.summarize.output.table,
-        code=code_of("../workflow/scripts/agreement.py"),
     output:
         latents="results/summary/agreement-latents.parquet",
         scorers="results/summary/agreement-scorers.parquet",
@@ -57,6 +56,7 @@ rule agreement:
     conda:
         "../envs/interpflow.yaml"
     params:
+        code=code_of("../workflow/scripts/agreement.py"),
         ratings_dir="results/ratings",
     script:
         "../workflow/scripts/agreement.py"

@@ -1,7 +1,6 @@
 rule tokenize_corpus:
     input:
         model="results/models/{model}/model.json",
-        code=code_of("../workflow/scripts/tokenize_corpus.py"),
     output:
         "results/{corpus}/{model}/tokens.h5",
     log:
@@ -11,6 +10,7 @@ rule tokenize_corpus:
     resources:
         mem_mb=lambda w, attempt: 4000 * attempt,
     params:
+        code=code_of("../workflow/scripts/tokenize_corpus.py"),
         cfg=slice_of("corpora", "corpus"),
     script:
         "../workflow/scripts/tokenize_corpus.py"

@@ -5,7 +5,6 @@ rule match_layers:
         a="results/{corpus}/{model}/{hookpoint_a}/{dictionary}/dictionary/dictionary.json",
         b="results/{corpus}/{model}/{hookpoint_b}/{dictionary}/dictionary/dictionary.json",
         latents=match_latents_dirs,
-        code=code_of("../workflow/scripts/match_layers.py"),
     output:
         "results/{corpus}/{model}/crosslayer/{dictionary}/{hookpoint_a}__{hookpoint_b}/matches.parquet",
     log:
@@ -16,6 +15,7 @@ rule match_layers:
     resources:
         mem_mb=lambda w, attempt: 8000 * attempt,
     params:
+        code=code_of("../workflow/scripts/match_layers.py"),
         cfg=config["cross_layer"],
     script:
         "../workflow/scripts/match_layers.py"
@@ -26,7 +26,6 @@ rule compare_layer_explanations:
         matches=rules.match_layers.output[0],
         a=lambda w: shard_explanations(w, w.hookpoint_a),
         b=lambda w: shard_explanations(w, w.hookpoint_b),
-        code=code_of("../workflow/scripts/compare_layer_explanations.py"),
     output:
         "results/{corpus}/{model}/crosslayer/{dictionary}/{hookpoint_a}__{hookpoint_b}/{sampler}/{explainer}/similarity.parquet",
     log:
@@ -37,6 +36,7 @@ rule compare_layer_explanations:
     resources:
         mem_mb=lambda w, attempt: 4000 * attempt,
     params:
+        code=code_of("../workflow/scripts/compare_layer_explanations.py"),
         cfg=config["cross_layer"],
     script:
         "../workflow/scripts/compare_layer_explanations.py"
@@ -46,7 +46,6 @@ rule summarize_crosslayer:
     input:
         similarity=[r["similarity"] for r in layer_pairs()],
         matches=[r["matches"] for r in layer_pairs()],
-        code=code_of("../workflow/scripts/summarize_crosslayer.py"),
     output:
         table="results/summary/crosslayer.parquet",
         figure=report(
@@ -59,6 +58,7 @@ rule summarize_crosslayer:
     conda:
         "../envs/interpflow.yaml"
     params:
+        code=code_of("../workflow/scripts/summarize_crosslayer.py"),
         records=layer_pairs(),
     script:
         "../workflow/scripts/summarize_crosslayer.py"

@@ -3,7 +3,6 @@
 rule train_sae:
     input:
         activations="results/{corpus}/{model}/{hookpoint}/activations.h5",
-        code=code_of("../workflow/scripts/train_sae.py"),
     output:
         weights="results/{corpus}/{model}/{hookpoint}/{dictionary}/sae/sae.safetensors",
         cfg="results/{corpus}/{model}/{hookpoint}/{dictionary}/sae/cfg.json",
@@ -18,6 +17,7 @@ rule train_sae:
         mem_mb=lambda w, attempt: 8000 * attempt,
         gpu=lambda w: wants_gpu(config["dictionaries"][w.dictionary]["device"], config["auto_gpu"]),
     params:
+        code=code_of("../workflow/scripts/train_sae.py"),
         cfg=slice_of("dictionaries", "dictionary"),
     script:
         "../workflow/scripts/train_sae.py"
@@ -27,7 +27,6 @@ rule prepare_dictionary:
     input:
         activations="results/{corpus}/{model}/{hookpoint}/activations.h5",
         source=dictionary_source,
-        code=code_of("../workflow/scripts/prepare_dictionary.py"),
     output:
         cfg="results/{corpus}/{model}/{hookpoint}/{dictionary}/dictionary/dictionary.json",
         weights="results/{corpus}/{model}/{hookpoint}/{dictionary}/dictionary/dictionary.safetensors",
@@ -39,6 +38,7 @@ rule prepare_dictionary:
     resources:
         mem_mb=lambda w, attempt: 8000 * attempt,
     params:
+        code=code_of("../workflow/scripts/prepare_dictionary.py"),
         cfg=lambda w: dict(config["dictionaries"][w.dictionary], name=w.dictionary),
         model_cfg=slice_of("models", "model"),
     script:

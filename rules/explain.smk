@@ -3,7 +3,6 @@ rule explain:
         examples="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/examples/shard-{shard}.parquet",
         latents="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/examples/latents-{shard}.parquet",
         gguf=lambda w: llm_gguf(config["explainers"][w.explainer]["llm"]),
-        code=code_of("../workflow/scripts/explain.py"),
     output:
         "results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/explanations-{shard}.parquet",
     log:
@@ -16,6 +15,7 @@ rule explain:
     resources:
         mem_mb=lambda w, attempt: 6000 * attempt,
     params:
+        code=code_of("../workflow/scripts/explain.py"),
         cfg=lambda w: answers_of(config["explainers"][w.explainer]),
         transport=lambda w, threads: transport_of(config["explainers"][w.explainer], threads),
         cache_dir=config["llm_cache"],
@@ -28,7 +28,6 @@ rule explain_top_tokens:
     input:
         examples="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/examples/shard-{shard}.parquet",
         latents="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/examples/latents-{shard}.parquet",
-        code=code_of("../workflow/scripts/explain_top_tokens.py"),
     output:
         "results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/explanations-{shard}.parquet",
     log:
@@ -38,6 +37,7 @@ rule explain_top_tokens:
     conda:
         "../envs/interpflow.yaml"
     params:
+        code=code_of("../workflow/scripts/explain_top_tokens.py"),
         cfg=slice_of("explainers", "explainer"),
     script:
         "../workflow/scripts/explain_top_tokens.py"
@@ -59,7 +59,6 @@ rule explain_random:
                 shard=range(n_shards(w.dictionary)),
             ),
         ),
-        code=code_of("../workflow/scripts/explain_random.py"),
     output:
         "results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/explanations-{shard}.parquet",
     log:
@@ -69,6 +68,7 @@ rule explain_random:
     conda:
         "../envs/interpflow.yaml"
     params:
+        code=code_of("../workflow/scripts/explain_random.py"),
         cfg=slice_of("explainers", "explainer"),
     script:
         "../workflow/scripts/explain_random.py"
@@ -79,7 +79,6 @@ rule explain_file:
     input:
         latents="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/examples/latents-{shard}.parquet",
         table=explanations_file,
-        code=code_of("../workflow/scripts/explain_file.py"),
     output:
         "results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/explanations-{shard}.parquet",
     log:
@@ -88,5 +87,7 @@ rule explain_file:
         explainer=names_of("explainers", "file"),
     conda:
         "../envs/interpflow.yaml"
+    params:
+        code=code_of("../workflow/scripts/explain_file.py"),
     script:
         "../workflow/scripts/explain_file.py"

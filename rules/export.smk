@@ -16,7 +16,6 @@ rule export_neuronpedia:
             )
         ],
         # fmt: skip
-        code=code_of("../workflow/scripts/export_neuronpedia.py"),
     output:
         directory("results/export/neuronpedia/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}"),
     log:
@@ -24,6 +23,7 @@ rule export_neuronpedia:
     conda:
         "../envs/interpflow.yaml"
     params:
+        code=code_of("../workflow/scripts/export_neuronpedia.py"),
         shards=neuronpedia_shards,
         options=neuronpedia_options,
     script:
@@ -33,7 +33,6 @@ rule export_neuronpedia:
 rule export_table:
     input:
         latents=rules.summarize.output.table,
-        code=code_of("../workflow/scripts/export_table.py"),
     output:
         parquet="results/export/explanations.parquet",
         jsonl="results/export/explanations.jsonl",
@@ -41,5 +40,7 @@ rule export_table:
         "logs/export/table.log",
     conda:
         "../envs/interpflow.yaml"
+    params:
+        code=code_of("../workflow/scripts/export_table.py"),
     script:
         "../workflow/scripts/export_table.py"

@@ -3,7 +3,6 @@ rule encode_latents:
     input:
         activations="results/{corpus}/{model}/{hookpoint}/activations.h5",
         dictionary="results/{corpus}/{model}/{hookpoint}/{dictionary}/dictionary/dictionary.json",
-        code=code_of("../workflow/scripts/encode_latents.py"),
     output:
         directory("results/{corpus}/{model}/{hookpoint}/{dictionary}/latents"),
     log:
@@ -15,6 +14,7 @@ rule encode_latents:
         mem_mb=lambda w, attempt: 8000 * attempt,
         gpu=gpu_count,
     params:
+        code=code_of("../workflow/scripts/encode_latents.py"),
         store=lambda w: dict(config["latent_store"], shard_size=shard_size(w.dictionary)),
         width=lambda w: config["dictionaries"][w.dictionary]["width"],
     script:

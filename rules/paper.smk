@@ -8,7 +8,6 @@ rule paper:
         table=rules.summarize.output.table,
         crosslayer=lambda w: rules.summarize_crosslayer.output.table if layer_pairs() else [],
         agreement=lambda w: rules.agreement.output.scorers if rating_files() else [],
-        code=code_of("../workflow/scripts/paper.py"),
     output:
         directory("results/paper"),
     log:
@@ -16,6 +15,7 @@ rule paper:
     conda:
         "../envs/interpflow.yaml"
     params:
+        code=code_of("../workflow/scripts/paper.py"),
         spec=config["paper"],
     script:
         "../workflow/scripts/paper.py"

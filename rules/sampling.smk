@@ -4,7 +4,6 @@ rule sample_examples:
         vocab="results/models/{model}/vocab.parquet",
         latents="results/{corpus}/{model}/{hookpoint}/{dictionary}/latents",
         matches=partner_matches,
-        code=code_of("../workflow/scripts/sample_examples.py"),
     output:
         examples="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/examples/shard-{shard}.parquet",
         latents="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/examples/latents-{shard}.parquet",
@@ -15,6 +14,7 @@ rule sample_examples:
     resources:
         mem_mb=lambda w, attempt: 4000 * attempt,
     params:
+        code=code_of("../workflow/scripts/sample_examples.py"),
         cfg=slice_of("samplers", "sampler"),
         shard_size=lambda w: shard_size(w.dictionary),
         width=lambda w: config["dictionaries"][w.dictionary]["width"],

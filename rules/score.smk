@@ -4,7 +4,6 @@ rule score:
         examples="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/examples/shard-{shard}.parquet",
         explanations="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/explanations-{shard}.parquet",
         gguf=lambda w: llm_gguf(config["scorers"][w.scorer]["llm"]),
-        code=code_of("../workflow/scripts/score.py"),
     output:
         predictions="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/{scorer}/predictions-{shard}.parquet",
         metrics="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/{scorer}/metrics-{shard}.parquet",
@@ -18,6 +17,7 @@ rule score:
     resources:
         mem_mb=lambda w, attempt: 6000 * attempt,
     params:
+        code=code_of("../workflow/scripts/score.py"),
         cfg=lambda w: answers_of(scorer_params(w)),
         transport=lambda w, threads: transport_of(config["scorers"][w.scorer], threads),
         cache_dir=config["llm_cache"],
@@ -29,7 +29,6 @@ rule score_embedding:
     input:
         examples="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/examples/shard-{shard}.parquet",
         explanations="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/explanations-{shard}.parquet",
-        code=code_of("../workflow/scripts/score_embedding.py"),
     output:
         predictions="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/{scorer}/predictions-{shard}.parquet",
         metrics="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/{scorer}/metrics-{shard}.parquet",
@@ -43,6 +42,7 @@ rule score_embedding:
     resources:
         mem_mb=lambda w, attempt: 4000 * attempt,
     params:
+        code=code_of("../workflow/scripts/score_embedding.py"),
         cfg=scorer_params,
     script:
         "../workflow/scripts/score_embedding.py"
@@ -53,7 +53,6 @@ rule score_surprisal:
         examples="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/examples/shard-{shard}.parquet",
         explanations="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/explanations-{shard}.parquet",
         scorer_model=scorer_model,
-        code=code_of("../workflow/scripts/score_surprisal.py"),
     output:
         predictions="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/{scorer}/predictions-{shard}.parquet",
         metrics="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/{scorer}/metrics-{shard}.parquet",
@@ -68,6 +67,7 @@ rule score_surprisal:
         mem_mb=lambda w, attempt: 8000 * attempt,
         gpu=scorer_gpu,
     params:
+        code=code_of("../workflow/scripts/score_surprisal.py"),
         cfg=scorer_params,
         model_cfg=scorer_model_cfg,
     script:
@@ -84,7 +84,6 @@ rule score_intervention:
         dictionary="results/{corpus}/{model}/{hookpoint}/{dictionary}/dictionary/dictionary.json",
         subject="results/models/{model}/model.json",
         scorer_model=scorer_model,
-        code=code_of("../workflow/scripts/score_intervention.py"),
     output:
         predictions="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/{scorer}/predictions-{shard}.parquet",
         metrics="results/{corpus}/{model}/{hookpoint}/{dictionary}/{sampler}/{explainer}/{scorer}/metrics-{shard}.parquet",
@@ -99,6 +98,7 @@ rule score_intervention:
         mem_mb=lambda w, attempt: 8000 * attempt,
         gpu=scorer_gpu,
     params:
+        code=code_of("../workflow/scripts/score_intervention.py"),
         cfg=scorer_params,
         model_cfg=lambda w: config["models"][w.model],
         scorer_cfg=scorer_model_cfg,

@@ -1,7 +1,5 @@
 # What the config will cost, before anything is sent (also: python -m interpflow.estimate <config>).
 rule estimate:
-    input:
-        code=code_of("../workflow/scripts/estimate.py"),
     output:
         "results/summary/estimate.parquet",
     log:
@@ -9,6 +7,7 @@ rule estimate:
     conda:
         "../envs/interpflow.yaml"
     params:
+        code=code_of("../workflow/scripts/estimate.py"),
         cfg=ESTIMATE_PARAMS[0],
         digest=ESTIMATE_PARAMS[1],
     script:
@@ -19,7 +18,6 @@ rule estimate:
 rule sae_training:
     input:
         cfgs=[r["cfg"] for r in trained_saes()],
-        code=code_of("../workflow/scripts/sae_training.py"),
     output:
         "results/summary/sae_training.parquet",
     log:
@@ -27,6 +25,7 @@ rule sae_training:
     conda:
         "../envs/interpflow.yaml"
     params:
+        code=code_of("../workflow/scripts/sae_training.py"),
         records=trained_saes(),
     script:
         "../workflow/scripts/sae_training.py"
@@ -37,7 +36,6 @@ rule summarize:
         metrics=[r["metrics"] for r in scored_shards()],
         explanations=[r["explanations"] for r in scored_shards()],
         estimate=rules.estimate.output[0],
-        code=code_of("../workflow/scripts/summarize.py"),
     output:
         table="results/summary/latents.parquet",
         aggregates="results/summary/aggregates.parquet",
@@ -63,6 +61,7 @@ rule summarize:
     conda:
         "../envs/interpflow.yaml"
     params:
+        code=code_of("../workflow/scripts/summarize.py"),
         records=scored_shards(),
     script:
         "../workflow/scripts/summarize.py"

@@ -1,26 +1,28 @@
-"""Each rule's package inputs (`code=code_of(...)` in rules/common.smk) are the import closure of its script,
-so editing a module reruns every rule that runs it. Checked against an independent closure (modulefinder's
-bytecode scan), on a hand-built package, and in the dry run of the default config."""
+"""Each rule's package code (`code=code_of(...)` in its params, rules/common.smk) is a digest of the import
+closure of its script, so editing a module reruns every rule that runs it and no other. Checked against an
+independent closure (modulefinder's bytecode scan) and digest, on a hand-built package that is run and edited,
+and on the default config's scorers."""
 
+import hashlib
 import json
 import modulefinder
-import re
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import REPO, copy_workflow
+from conftest import REPO
 
-# Every rule of the workflow as {name: [script, code inputs]}, read through snakemake's own API.
+# Every rule of the workflow as {name: [script, its code files, its code param]}, read through Snakemake's API
 PROBE = """
 import json, pathlib
 from snakemake.api import SnakemakeApi
 from snakemake.settings.types import ResourceSettings
 with SnakemakeApi() as api:
-    rules = api.workflow(ResourceSettings(), snakefile=pathlib.Path("Snakefile"))._workflow.rules
-    print(json.dumps({r.name: [r.script, list(r.input.get("code", []))] for r in rules}))
+    wf = api.workflow(ResourceSettings(), snakefile=pathlib.Path("Snakefile"))._workflow
+    files = lambda r: wf.globals["code_files"](r.script) if r.script else []
+    print(json.dumps({r.name: [r.script, files(r), r.params.get("code")] for r in wf.rules}))
 """
 
 
@@ -56,20 +58,27 @@ def rules() -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_every_rule_lists_its_scripts_import_closure(rules):
+def digest(root: Path, files: list[str]) -> str:
+    """The code param of a closure, computed here: sha256 over each file's path and its bytes' sha256."""
+    sha = lambda b: hashlib.sha256(b).hexdigest()[:16]  # noqa: E731
+    return sha(" ".join(f"{f}:{sha((root / f).read_bytes())}" for f in sorted(files)).encode())
+
+
+def test_every_rule_digests_its_scripts_import_closure(rules):
     scripted = {name: entry for name, entry in rules.items() if entry[0]}
     assert len(scripted) >= 20 and "score_embedding" in scripted  # the probe saw the real workflow
     wrong = {}
-    for name, (script, code) in scripted.items():
+    for name, (script, code, param) in scripted.items():
         expected = scanned_closure((REPO / "rules" / script).resolve(), REPO)
-        if set(code) != expected or len(code) != len(set(code)):
+        if set(code) != expected or len(code) != len(set(code)) or param != digest(REPO, sorted(expected)):
             wrong[name] = dict(missing=sorted(expected - set(code)), extra=sorted(set(code) - expected))
     assert wrong == {}
 
 
 def test_closure_of_a_hand_built_package(tmp_path):
     """a -> b -> c -> d by the four import forms, one import inside a function, a subpackage with a
-    two-level relative import; `unused` is imported by nothing and numpy is not the package's."""
+    two-level relative import; `unused` is imported by nothing and numpy is not the package's. Editing d
+    reruns the rule; editing `unused`, or touching d without a change, does not."""
     files = {
         "workflow/scripts/s.py": "from interpflow.a import run\n",
         "src/interpflow/__init__.py": "",
@@ -89,9 +98,9 @@ def test_closure_of_a_hand_built_package(tmp_path):
         configfile: "{REPO}/config/config.yaml"
         include: "{REPO}/rules/common.smk"
         rule probe:
-            input: code=code_of("../workflow/scripts/s.py")
             output: "closure.txt"
-            run: Path(output[0]).write_text("\\n".join(input.code))
+            params: code=code_of("../workflow/scripts/s.py"), files=code_files("../workflow/scripts/s.py")
+            run: Path(output[0]).write_text("\\n".join(params.files))
     """)
     )
     snakemake(tmp_path, "--cores", "1", "closure.txt")
@@ -99,17 +108,23 @@ def test_closure_of_a_hand_built_package(tmp_path):
     expected = [f"src/interpflow/{m}.py" for m in ["__init__", "a", "b", "c", "d", "sub/__init__", "sub/e"]]
     assert derived == expected
     assert set(derived) == scanned_closure(tmp_path / "workflow/scripts/s.py", tmp_path)
+    planned = lambda: "rule probe:" in snakemake(tmp_path, "-n", "--cores", "1", "closure.txt")  # noqa: E731
+    assert not planned()
+    (tmp_path / "src/interpflow/unused.py").write_text("import interpflow.a\nz = 2\n")
+    (tmp_path / "src/interpflow/d.py").touch()
+    assert not planned()
+    (tmp_path / "src/interpflow/d.py").write_text("y = 2\n")
+    assert planned()
 
 
-def test_default_dry_run_reruns_embedding_and_surprisal_on_a_scorers_edit(tmp_path):
+def test_a_scoring_common_edit_reruns_embedding_and_surprisal(rules):
     """scoring.common.scorable_latents picks the windows embedding and surprisal score; both once missed it.
     And no scorer reads another's module: an edit to embedding reruns nothing of surprisal."""
-    out = snakemake(copy_workflow(tmp_path), "-n", "--cores", "1")
-    inputs = {rule: line for rule, line in re.findall(r"^rule (\w+):\n\s+input: ([^\n]+)", out, flags=re.M)}
+    code = {name: files for name, (_, files, _) in rules.items()}
     for rule in ("score", "score_embedding", "score_surprisal"):
-        assert "src/interpflow/scoring/common.py" in inputs[rule].split(", "), rule
-    assert "src/interpflow/scoring/embedding.py" not in inputs["score_surprisal"].split(", ")
-    assert "src/interpflow/scoring/common.py" not in inputs["tokenize_corpus"].split(", ")
+        assert "src/interpflow/scoring/common.py" in code[rule], rule
+    assert "src/interpflow/scoring/embedding.py" not in code["score_surprisal"]
+    assert "src/interpflow/scoring/common.py" not in code["tokenize_corpus"]
 
 
 SCORERS = ("judge", "simulation", "embedding", "surprisal", "intervention")
