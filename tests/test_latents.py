@@ -186,3 +186,26 @@ def test_latent_outside_shard_raises():
     assert shard.latent(4)[0].tolist() == [1] and shard.latent(5)[0].size == 0
     with pytest.raises(ValueError, match=r"latent 6 is not in this shard's range \[4, 6\)"):
         shard.latent(6)
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 64])
+def test_phase_two_in_chunks_equals_one_sort(tmp_path, monkeypatch, chunk):
+    """Shards and stats sorted a few triples at a time (latents.py's _SORT_CHUNK) equal those of one sort,
+    and positions still ascend within every latent."""
+    import interpflow.latents as latents
+
+    rng = np.random.default_rng(1)
+    n_rows, width, k = write_activations(tmp_path / "acts.h5", n_seq=20, ctx_len=16), 12, 4
+    idx = np.stack([rng.choice(width, size=k, replace=False) for _ in range(n_rows)])
+    vals = rng.exponential(size=(n_rows, k)).astype(np.float32) * (rng.random((n_rows, k)) < 0.7)
+    enc = TableEncoder(idx, vals, width)
+    whole, whole_stats, _ = encode(tmp_path, enc, width, shard_size=5, batch_size=17, tag="whole")
+    monkeypatch.setattr(latents, "_SORT_CHUNK", chunk)
+    parts, part_stats, _ = encode(tmp_path, enc, width, shard_size=5, batch_size=17, tag="parts")
+    for a, b, sa, sb in zip(whole, parts, whole_stats, part_stats, strict=True):
+        s = read_shard(b)
+        for name in ("offsets", "positions", "values"):
+            np.testing.assert_array_equal(getattr(read_shard(a), name), getattr(s, name))
+        for j in range(s.latent_start, s.latent_end):
+            assert np.all(np.diff(s.latent(j)[0].astype(np.int64)) > 0)
+        pd.testing.assert_frame_equal(read_parquet(sa), read_parquet(sb))
