@@ -7,6 +7,7 @@ PIP := $(PY) -m pip
 CORES ?= 2
 CHROMIUM ?= /usr/bin/chromium
 STAMP := $(VENV)/.interpflow-setup
+DEV_STAMP := $(VENV)/.interpflow-dev
 # llama.cpp's default -march=native build crashes on some Xeons (AMX kernels): build it portable,
 # once, into a wheel cache outside the clone so fresh clones reuse it.
 LLAMA_VERSION := 0.3.36
@@ -19,9 +20,13 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 
-.PHONY: setup run test lint bench sae-sweep validity estimate clean readme chromium serve paper
+.PHONY: setup dev run test lint bench sae-sweep validity estimate clean readme chromium serve paper
 
 setup: $(STAMP)
+
+# What tests, lint and benchmarks need beyond the workflow (pytest, ruff, playwright, sparsify as the
+# trainer's oracle, the tests' 0.5B LLM): `make run` never downloads them.
+dev: $(DEV_STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -32,6 +37,10 @@ $(STAMP): pyproject.toml Makefile
 	      llama-cpp-python==$(LLAMA_VERSION); \
 	  $(PIP) install -q $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_VERSION)-*.whl; }
 	$(PIP) install -q --no-deps $(NODEPS)
+	$(PIP) install -q -e ".[local,offline]"
+	@touch $@
+
+$(DEV_STAMP): $(STAMP)
 	$(PIP) install -q -e ".[local,offline,dev]"
 	@touch $@
 
@@ -41,7 +50,7 @@ run: setup
 	@echo "report: $(CURDIR)/results/report.html"
 
 # The tests include a real one-node SLURM cluster (as root), so they need the SLURM executor plugin.
-test: setup chromium
+test: dev chromium
 	@$(PY) -c "import snakemake_executor_plugin_slurm" 2>/dev/null || $(PIP) install -q -e ".[slurm]"
 	$(VENV)/bin/pytest -q --durations=25  # the slowest tests, in CI's log too
 
@@ -50,12 +59,12 @@ chromium:
 	@test -x $(CHROMIUM) || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; }
 
-lint: setup
+lint: dev
 	$(VENV)/bin/ruff check src tests workflow benchmarks
 	$(VENV)/bin/snakefmt --check Snakefile rules
 	$(VENV)/bin/snakemake --lint
 
-bench: setup
+bench: dev
 	$(PY) benchmarks/run.py
 
 # The SAE trainer's optimizers and learning rates on the default run's layer-9 activations (run `make run`

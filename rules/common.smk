@@ -263,6 +263,7 @@ def subject_kind(dictionary, explainer):
     return label if e == "llm" else f"{label}, {dict(random='random explanation').get(e, e)}"
 
 
+@functools.cache  # three rule sections ask; expand() per shard is slow at a million latents
 def scored_shards():
     """One record per (run combination, shard): its wildcard values, its subject, the explainer's kind (llm,
     random, top-tokens: what the summary pairs LLM against baseline by) and its metrics and explanations files.
