@@ -112,10 +112,9 @@ def make_optimizer(sae: TopKSAE, c: dict) -> torch.optim.Optimizer:
         return torch.optim.Adam(sae.parameters(), lr=c["lr"], betas=(0.9, 0.999))
     from schedulefree import ScheduleFreeWrapper
 
-    biases = [sae.encoder.bias, sae.b_dec]
     groups = [
         {"params": [sae.encoder.weight, sae.W_dec], "lr": c["lr"]},
-        {"params": biases, "lr": c["lr"] * c["bias_lr_ratio"]},
+        {"params": [sae.encoder.bias, sae.b_dec], "lr": c["lr"] * c["bias_lr_ratio"]},
     ]
     opt = ScheduleFreeWrapper(SignDescent(groups, lr=c["lr"]), momentum=0.95)
     opt.train()
