@@ -15,6 +15,6 @@ Modules, each importing only those above it:
   random-pair cosine baseline, and the workflow step aligning two dictionaries (before sampling)
 - `summary`: the cross-layer summary table and its figure by layer distance
 
-This file imports nothing: the workflow gives each rule the files of its script's import closure as inputs,
+This file imports nothing: a rule reruns when a file of its script's import closure changes (code_of),
 so importing one submodule must not pull in the others.
 """

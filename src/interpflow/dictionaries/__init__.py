@@ -11,6 +11,6 @@ download. Modules, each importing only those above it:
 - `pretrained`: load_pretrained, the dispatch on the configured format
 - `prepare`: prepare_dictionary, the workflow step
 
-This file imports nothing: the workflow gives each rule the files of its script's import closure as inputs,
+This file imports nothing: a rule reruns when a file of its script's import closure changes (code_of),
 so importing one submodule must not pull in the others.
 """

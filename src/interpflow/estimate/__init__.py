@@ -19,6 +19,6 @@ Modules, each importing only those above it:
 - `display`: format_estimate (the readable table, totals, notes, budget) and compare (against a run's costs)
 - `cli`: the command line and its config loading (`__main__` runs it)
 
-This file imports nothing: the workflow gives each rule the files of its script's import closure as inputs,
+This file imports nothing: a rule reruns when a file of its script's import closure changes (code_of),
 so importing one submodule must not pull in the others.
 """

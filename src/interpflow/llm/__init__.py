@@ -13,6 +13,6 @@ Modules, each importing only those above it:
 - `client`: LLMClient (cache, retries, concurrency bound, budget; loads a local model on first use),
   check_credentials, raise_on_outage
 
-This file imports nothing: the workflow gives each rule the files of its script's import closure as inputs,
+This file imports nothing: a rule reruns when a file of its script's import closure changes (code_of),
 so importing one submodule must not pull in the others.
 """

@@ -8,6 +8,6 @@ Modules, each importing only those above it:
 - `step`: the workflow steps, train_sae_from_h5 and random_sae_from_h5 (the untrained control)
 - `summary`: training_table, every trained SAE's fvu, L0 and dead fraction per epoch (sae_training.parquet)
 
-This file imports nothing: the workflow gives each rule the files of its script's import closure as inputs,
+This file imports nothing: a rule reruns when a file of its script's import closure changes (code_of),
 so importing one submodule must not pull in the others.
 """

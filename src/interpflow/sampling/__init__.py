@@ -15,6 +15,6 @@ those above it:
 - `step`: run_sampling, the workflow step
 - `scored`: select_test_examples, the test windows a scorer scores (read by the scorers, not the sampler)
 
-This file imports nothing: the workflow gives each rule the files of its script's import closure as inputs,
+This file imports nothing: a rule reruns when a file of its script's import closure changes (code_of),
 so importing one submodule must not pull in the others.
 """

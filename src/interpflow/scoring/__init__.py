@@ -15,6 +15,6 @@ Modules; a scorer imports only `metrics` and `common`, never another scorer:
   forward passes): steering the subject model along the latent, judged by how
   much likelier the explanation becomes given the steered continuations
 
-This file imports nothing: the workflow gives each rule the files of its script's import closure as inputs,
+This file imports nothing: a rule reruns when a file of its script's import closure changes (code_of),
 so importing one scorer must not pull in the others.
 """
