@@ -240,7 +240,7 @@ def _stats_by_block(offsets: np.ndarray, val: np.ndarray, start: int, n_tokens: 
         lat = np.repeat(np.arange(b - a, dtype=np.uint32), np.diff(offsets[a : b + 1]))  # local, sorted
         blocks.append(latent_stats(lat, val[offsets[a] : offsets[b]], start + a, start + b, n_tokens))
         a = b
-    return pd.concat(blocks, ignore_index=True) if len(blocks) > 1 else blocks[0]
+    return pd.concat(blocks, ignore_index=True)
 
 
 def latent_stats(lat: np.ndarray, val: np.ndarray, start: int, end: int, n_tokens: int) -> pd.DataFrame:

@@ -180,14 +180,13 @@ def sae_sweep_block(sweep_json: str | Path) -> str:
     import json
 
     about = json.loads(Path(sweep_json).read_text(encoding="utf-8"))
-    epochs = about["epochs"] if isinstance(about["epochs"], list) else [about["epochs"]]  # a list since 12-07
-    bias_rate = lambda r: "-" if r.get("bias_lr_ratio") is None else f"{r['lr'] * r['bias_lr_ratio']:.2e}"  # noqa: E731
-    rows = [[r["variant"], str(r.get("epochs", epochs[0])), f"{r['lr']:.2e}", bias_rate(r),
+    bias_rate = lambda r: "-" if r["bias_lr_ratio"] is None else f"{r['lr'] * r['bias_lr_ratio']:.2e}"  # noqa: E731
+    rows = [[r["variant"], str(r["epochs"]), f"{r['lr']:.2e}", bias_rate(r),
              _num(r["held_out_fvu"], 4), _num(r["held_out_never_fired"], 3), _num(r["dead_fraction"], 3),
              f"{r['tokens_per_s']:,.0f}"] for r in about["rows"]]  # fmt: skip
     head = (
         f"`make sae-sweep`: a {about['width']:,}-latent TopK SAE (k = {about['k']}) trained on "
-        f"{about['tokens']:,} tokens x {' and '.join(map(str, epochs))} epoch(s) of "
+        f"{about['tokens']:,} tokens x {' and '.join(map(str, about['epochs']))} epoch(s) of "
         f"`{about['activations']}`, "
         f"measured on {about['held_out']:,} held-out tokens ({about['threads']} CPU threads):"
     )

@@ -46,6 +46,14 @@ def write_parquet(df: pd.DataFrame, path: str | os.PathLike) -> None:
         df.to_parquet(tmp, index=False)
 
 
+def write_arrow(table, path: str | os.PathLike, **options) -> None:
+    """Write a pyarrow Table to Parquet atomically; `options` go to pyarrow.parquet.write_table."""
+    import pyarrow.parquet as pq
+
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, **options)
+
+
 def read_parquet(path: str | os.PathLike) -> pd.DataFrame:
     """Read a Parquet table, naming the file if it is missing or unreadable."""
     return _read_table(path, pd.read_parquet)

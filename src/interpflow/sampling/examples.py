@@ -16,7 +16,7 @@ from interpflow.sampling.hard import _hard_scores, _hard_settings
 from interpflow.sampling.selection import select_latents
 from interpflow.sampling.vocab import Vocab, window_string_ids
 from interpflow.sampling.windows import GROUPS, _run_starts, _sample_windows, _settings
-from interpflow.store import atomic_path
+from interpflow.store import write_arrow
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -238,8 +238,6 @@ def write_examples(examples: pa.Table, path: str | os.PathLike) -> None:
     encoding the list columns, and lz4 / zstd-1 / none wrote no faster on the benchmark's table.
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     flat = [f.name for f in examples.schema if not pa.types.is_list(f.type)]
-    with atomic_path(path) as tmp:
-        pq.write_table(examples, tmp, store_schema=False, write_statistics=flat)
+    write_arrow(examples, path, store_schema=False, write_statistics=flat)
