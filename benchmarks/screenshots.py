@@ -1,7 +1,7 @@
 """The README's screenshots of the browser, taken from a finished run in Debian's headless Chromium:
 the index, one latent page (the best-scored LLM explanation) and a search served by `interpflow serve`.
 
-Usage: python benchmarks/screenshots.py [results] [docs]
+Usage: python benchmarks/screenshots.py [results] [docs]  (after `make dev chromium`: it drives Playwright)
 """
 
 import sys
